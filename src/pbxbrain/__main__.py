@@ -1,0 +1,5 @@
+"""``python -m pbxbrain``."""
+
+from pbxbrain.cli import main
+
+raise SystemExit(main())

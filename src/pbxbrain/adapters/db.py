@@ -1,0 +1,846 @@
+"""The database adapter: SQLAlchemy 2 models and ``SqlCallStore``, the ``CallStore`` port.
+
+One code path serves SQLite (aiosqlite, the default) and PostgreSQL (asyncpg). The schema
+itself is created by the Alembic migrations in ``migrations/`` (see ``adapters/migrate.py``);
+the models below describe it for queries and for drift checks, and must match them.
+
+Points worth knowing:
+
+* Every datetime is stored as UTC and comes back timezone-aware UTC (``UtcDateTime``);
+  SQLite keeps naive ISO strings, PostgreSQL ``timestamptz``.
+* On SQLite, SQLAlchemy (not the driver) emits ``BEGIN``, so that a transaction covers
+  reads too; transactions that write use ``BEGIN IMMEDIATE``, which takes the write lock
+  up front and lets ``busy_timeout`` queue writers instead of failing them.
+* Idempotency lives in the statements, not in read-then-write: ``INSERT .. ON CONFLICT DO
+  NOTHING`` for calls, recordings and outbox keys, ``UPDATE .. WHERE outcome IS NULL`` for
+  closing, an upsert with ``RETURNING`` for the round-robin cursors.
+* Connection failures of either driver become ``StoreUnavailable``, naming the database
+  without its password.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import sqlalchemy.exc as sa_exc
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Dialect,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    and_,
+    event,
+    or_,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import URL, Connection, RowMapping, make_url
+from sqlalchemy.engine.interfaces import DBAPIConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.pool import ConnectionPoolEntry
+from sqlalchemy.types import TypeDecorator
+
+from pbxbrain.domain.model import (
+    CallOutcome,
+    CallSummary,
+    Direction,
+    EventKind,
+    InboundCall,
+    JournalEntry,
+    OutboxMessage,
+    PendingDelivery,
+    RecordingInfo,
+)
+from pbxbrain.ports import StoreUnavailable
+
+__all__ = [
+    "SQLITE_BEGIN_OPTION",
+    "Base",
+    "Call",
+    "CallEvent",
+    "Outbox",
+    "Recording",
+    "RrCursor",
+    "SqlCallStore",
+    "UtcDateTime",
+    "as_store_unavailable",
+    "create_engine",
+    "describe_url",
+    "normalize_url",
+]
+
+SQLITE_DRIVER: Final = "sqlite+aiosqlite"
+POSTGRES_DRIVER: Final = "postgresql+asyncpg"
+_MAX_ERROR_CHARS: Final = 2000
+# Execution option read by the SQLite "begin" listener: which BEGIN to emit
+# ("DEFERRED" by default, "IMMEDIATE" for transactions that write).
+SQLITE_BEGIN_OPTION: Final = "pbxbrain_sqlite_begin"
+
+
+# --------------------------------------------------------------------------- types
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """A timezone-aware datetime, stored as UTC, always returned aware in UTC.
+
+    Naive datetimes are refused: the domain promises aware ones, and guessing a zone
+    would silently shift a call's times.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ValueError(f"naive datetime {value!r}: pbxbrain stores aware datetimes only")
+        value = value.astimezone(UTC)
+        # SQLite's DATETIME drops the offset anyway; store the UTC wall time.
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+# A 64-bit autoincrement key that SQLite accepts as its rowid alias (INTEGER PRIMARY KEY).
+BigIntPK = BigInteger().with_variant(Integer(), "sqlite")
+JsonDict = JSON().with_variant(postgresql.JSONB(), "postgresql")
+
+
+# --------------------------------------------------------------------------- models
+
+NAMING_CONVENTION: Final = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    """Declarative base of pbxbrain's tables; ``Base.metadata`` is Alembic's target."""
+
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class Call(Base):
+    """One call as pbxbrain saw it; ``outcome`` is NULL while the call is in progress."""
+
+    __tablename__ = "calls"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    node: Mapped[str] = mapped_column(String(64), server_default="")
+    direction: Mapped[str] = mapped_column(String(16))
+    channel_id: Mapped[str] = mapped_column(String(128), index=True)
+    caller: Mapped[str] = mapped_column(String(64), index=True)
+    caller_raw: Mapped[str] = mapped_column(String(64))
+    caller_name: Mapped[str] = mapped_column(String(128), server_default="")
+    dialed: Mapped[str] = mapped_column(String(64), index=True)
+    line: Mapped[str | None] = mapped_column(String(64))
+    source: Mapped[str | None] = mapped_column(String(64))
+    started_at: Mapped[datetime] = mapped_column(UtcDateTime(), index=True)
+    answered_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    answered_by: Mapped[str | None] = mapped_column(String(128))
+    ended_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    outcome: Mapped[str | None] = mapped_column(String(16))
+
+    __table_args__ = (
+        # Small partial index: the calls still in progress (re-sync after a restart).
+        Index(
+            "ix_calls_open",
+            "started_at",
+            postgresql_where=text("outcome IS NULL"),
+            sqlite_where=text("outcome IS NULL"),
+        ),
+    )
+
+
+class CallEvent(Base):
+    """One call-journal entry; ``id`` gives the insertion order."""
+
+    __tablename__ = "call_events"
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    call_id: Mapped[str] = mapped_column(ForeignKey("calls.id", ondelete="CASCADE"))
+    at: Mapped[datetime] = mapped_column(UtcDateTime())
+    kind: Mapped[str] = mapped_column(String(32))
+    data: Mapped[dict[str, Any]] = mapped_column(JsonDict)
+
+    __table_args__ = (Index("ix_call_events_call_id_id", "call_id", "id"),)
+
+
+class Recording(Base):
+    """Metadata of a recording; the file lives under the recordings directory."""
+
+    __tablename__ = "recordings"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    call_id: Mapped[str] = mapped_column(ForeignKey("calls.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(255))
+    path: Mapped[str] = mapped_column(Text)
+    format: Mapped[str] = mapped_column(String(16))
+    started_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    duration_s: Mapped[float | None] = mapped_column(Float)
+    size_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+class Outbox(Base):
+    """A message to deliver outside, written in the transaction of the outcome it follows."""
+
+    __tablename__ = "outbox"
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    key: Mapped[str] = mapped_column(String(255), unique=True)
+    kind: Mapped[str] = mapped_column(String(64))
+    # SET NULL: purging old calls must not drop messages still to deliver.
+    call_id: Mapped[str | None] = mapped_column(
+        ForeignKey("calls.id", ondelete="SET NULL"), index=True
+    )
+    payload: Mapped[dict[str, Any]] = mapped_column(JsonDict)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    attempts: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    next_attempt_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    delivered_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    last_error: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (
+        # Partial: delivered rows pile up with past next_attempt_at; the poll skips them.
+        Index(
+            "ix_outbox_next_attempt_at",
+            "next_attempt_at",
+            postgresql_where=text("delivered_at IS NULL"),
+            sqlite_where=text("delivered_at IS NULL"),
+        ),
+    )
+
+
+class RrCursor(Base):
+    """A round-robin group's next position."""
+
+    __tablename__ = "rr_cursors"
+
+    group_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    position: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+# --------------------------------------------------------------------------- engine
+
+
+def normalize_url(url: str | URL) -> URL:
+    """Parse a database URL and pick pbxbrain's async driver for it.
+
+    ``sqlite://…`` becomes ``sqlite+aiosqlite://…``; ``postgresql://…`` and
+    ``postgres://…`` become ``postgresql+asyncpg://…``. Other databases raise ValueError.
+    """
+    u = make_url(url)
+    backend = u.get_backend_name()
+    if backend == "sqlite" and u.drivername in ("sqlite", SQLITE_DRIVER):
+        return u.set(drivername=SQLITE_DRIVER)
+    if backend in ("postgresql", "postgres") and u.drivername in (
+        "postgresql",
+        "postgres",
+        POSTGRES_DRIVER,
+    ):
+        return u.set(drivername=POSTGRES_DRIVER)
+    raise ValueError(
+        f"unsupported database URL {u.render_as_string(hide_password=True)!r}: "
+        f"use {SQLITE_DRIVER}:///path/to/file.db or {POSTGRES_DRIVER}://user@host/db"
+    )
+
+
+def describe_url(url: str | URL) -> str:
+    """The URL as safe to log and show: the password is masked."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except sa_exc.ArgumentError:
+        return "<unparsable database URL>"
+
+
+def create_engine(
+    url: str | URL,
+    *,
+    connect_timeout: float = 5.0,
+    command_timeout: float = 30.0,
+    busy_timeout_ms: int = 5000,
+    echo: bool = False,
+) -> AsyncEngine:
+    """Build the AsyncEngine for a pbxbrain database URL (SQLite or PostgreSQL).
+
+    SQLite: WAL journal, foreign keys on, ``busy_timeout_ms`` for waiting on the write
+    lock, and SQLAlchemy-controlled transactions (see the module docstring).
+    PostgreSQL: ``pool_pre_ping`` (a connection dropped by a server restart is replaced,
+    not handed out), ``connect_timeout`` seconds to connect and ``command_timeout``
+    seconds per statement, so that a dead or blackholed server fails fast.
+    """
+    u = normalize_url(url)
+    if u.drivername == SQLITE_DRIVER:
+        engine = create_async_engine(u, echo=echo, connect_args={"timeout": busy_timeout_ms / 1000})
+        _install_sqlite_hooks(engine, busy_timeout_ms)
+        return engine
+    return create_async_engine(
+        u,
+        echo=echo,
+        pool_pre_ping=True,
+        pool_timeout=connect_timeout * 2,
+        pool_recycle=1800,
+        connect_args={
+            "timeout": connect_timeout,
+            "command_timeout": command_timeout,
+            "server_settings": {"application_name": "pbxbrain"},
+        },
+    )
+
+
+def _install_sqlite_hooks(engine: AsyncEngine, busy_timeout_ms: int) -> None:
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_conn: DBAPIConnection, _record: ConnectionPoolEntry) -> None:
+        # Stop the driver from issuing its own (deferred, DML-only) BEGIN: see _on_begin.
+        dbapi_conn.isolation_level = None
+        cursor = dbapi_conn.cursor()
+        try:
+            cursor.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+            cursor.execute("PRAGMA foreign_keys = ON")
+            cursor.execute("PRAGMA journal_mode = WAL")
+            cursor.execute("PRAGMA synchronous = NORMAL")
+        finally:
+            cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        mode = conn.get_execution_options().get(SQLITE_BEGIN_OPTION, "DEFERRED")
+        conn.exec_driver_sql(f"BEGIN {mode}")
+
+
+# --------------------------------------------------------------------------- errors
+
+_UNAVAILABLE_ERRORS: Final = (
+    sa_exc.OperationalError,
+    sa_exc.InterfaceError,
+    sa_exc.DisconnectionError,
+    sa_exc.TimeoutError,  # pool checkout timed out
+    OSError,  # refused, unreachable, reset; raised as is by asyncpg's connect
+    TimeoutError,  # asyncpg's connect timeout
+)
+# SQLSTATE classes meaning "this server cannot serve you now": connection exception
+# (08), insufficient resources (53, too many connections), operator intervention (57P:
+# shutdown, starting up), invalid authorization (28), unknown database (3D). asyncpg's
+# errors carry them; SQLAlchemy's asyncpg adapter copies them to ``sqlstate``.
+_UNAVAILABLE_SQLSTATE_PREFIXES: Final = ("08", "53", "57P", "28", "3D")
+
+
+def _is_unavailable(exc: BaseException) -> bool:
+    if isinstance(exc, _UNAVAILABLE_ERRORS):
+        return True
+    if isinstance(exc, sa_exc.DBAPIError):
+        if exc.connection_invalidated:
+            return True
+        for err in (exc.orig, exc.orig.__cause__ if exc.orig is not None else None):
+            if err is None:
+                continue
+            if isinstance(err, OSError | TimeoutError):
+                return True
+            sqlstate = getattr(err, "sqlstate", None)
+            if isinstance(sqlstate, str) and sqlstate.startswith(_UNAVAILABLE_SQLSTATE_PREFIXES):
+                return True
+    return False
+
+
+def _short_error(exc: BaseException) -> str:
+    """The driver's own message, without SQLAlchemy's SQL text and parameters."""
+    orig: BaseException = exc
+    if isinstance(exc, sa_exc.DBAPIError) and exc.orig is not None:
+        # asyncpg's own exception (InvalidCatalogNameError…) says more than the adapter's.
+        orig = exc.orig.__cause__ or exc.orig
+    message = str(orig).strip().splitlines()[0] if str(orig).strip() else ""
+    return f"{type(orig).__name__}: {message}" if message else type(orig).__name__
+
+
+def as_store_unavailable(exc: BaseException, url: str | URL) -> StoreUnavailable | None:
+    """``StoreUnavailable`` for a connection-level failure of either driver, else None.
+
+    The message names the database (password masked) and the driver's own words, never
+    the SQL or its parameters.
+    """
+    if isinstance(exc, StoreUnavailable):
+        return exc
+    if not _is_unavailable(exc):
+        return None
+    return StoreUnavailable(f"database {describe_url(url)} is unavailable: {_short_error(exc)}")
+
+
+# --------------------------------------------------------------------------- the store
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class SqlCallStore:
+    """``CallStore`` over an ``AsyncEngine`` made by ``create_engine``.
+
+    Beyond the port's contract: ``append`` and ``close_call`` on an unknown call raise
+    ``LookupError``; ``add_recording`` is idempotent on the recording id; ``list_calls``
+    matches ``number`` against the caller and the dialed number, and returns no rows for
+    an unknown ``before_id``; ``ping`` gives up after ``ping_timeout`` seconds.
+    """
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        *,
+        clock: Callable[[], datetime] = _utcnow,
+        ping_timeout: float = 5.0,
+    ) -> None:
+        self._engine = engine
+        self._ping_timeout = ping_timeout
+        self._dialect = engine.dialect.name
+        self._clock = clock
+        # Transactions that write take SQLite's write lock up front (BEGIN IMMEDIATE).
+        self._writer = (
+            engine.execution_options(**{SQLITE_BEGIN_OPTION: "IMMEDIATE"})
+            if self._dialect == "sqlite"
+            else engine
+        )
+
+    @classmethod
+    def from_url(cls, url: str, **engine_kwargs: Any) -> SqlCallStore:
+        """A store with its own engine (``create_engine(url, **engine_kwargs)``)."""
+        return cls(create_engine(url, **engine_kwargs))
+
+    @property
+    def engine(self) -> AsyncEngine:
+        """The engine this store runs on."""
+        return self._engine
+
+    async def close(self) -> None:
+        """Close the engine's pooled connections."""
+        await self._engine.dispose()
+
+    # ----------------------------------------------------------------- plumbing
+
+    @asynccontextmanager
+    async def _tx(self, *, write: bool) -> AsyncIterator[AsyncConnection]:
+        engine = self._writer if write else self._engine
+        try:
+            async with engine.begin() as conn:
+                yield conn
+        except Exception as exc:
+            unavailable = as_store_unavailable(exc, self._engine.url)
+            if unavailable is None or unavailable is exc:
+                raise
+            raise unavailable from exc
+
+    def _insert(self, table: type[Base]) -> postgresql.Insert | sqlite.Insert:
+        if self._dialect == "postgresql":
+            return postgresql.insert(table)
+        return sqlite.insert(table)
+
+    # ----------------------------------------------------------------- health
+
+    async def ping(self) -> None:
+        """Raise StoreUnavailable when the database does not answer within ``ping_timeout``."""
+        try:
+            async with asyncio.timeout(self._ping_timeout):
+                async with self._tx(write=False) as conn:
+                    await conn.execute(select(1))
+        except TimeoutError as exc:
+            raise StoreUnavailable(
+                f"database {describe_url(self._engine.url)} did not answer within"
+                f" {self._ping_timeout:g} s"
+            ) from exc
+
+    # ----------------------------------------------------------------- calls
+
+    async def open_call(
+        self, call: InboundCall, *, line: str | None = None, source: str | None = None
+    ) -> None:
+        """Create the call row and its ``entered`` journal entry in one transaction.
+
+        Idempotent on ``call.call_id``: opening the same call twice keeps the first row.
+        """
+        stmt = (
+            self._insert(Call)
+            .values(
+                id=call.call_id,
+                node=call.node,
+                direction=call.direction.value,
+                channel_id=call.channel_id,
+                caller=call.caller,
+                caller_raw=call.caller_raw,
+                caller_name=call.caller_name,
+                dialed=call.dialed,
+                line=line,
+                source=source,
+                started_at=call.at,
+            )
+            .on_conflict_do_nothing(index_elements=[Call.id])
+            .returning(Call.id)
+        )
+        data: dict[str, Any] = {
+            "channel_id": call.channel_id,
+            "caller": call.caller,
+            "dialed": call.dialed,
+        }
+        if line is not None:
+            data["line"] = line
+        if source is not None:
+            data["source"] = source
+        async with self._tx(write=True) as conn:
+            inserted = (await conn.execute(stmt)).first()
+            if inserted is None:
+                return
+            await conn.execute(
+                self._insert(CallEvent).values(
+                    call_id=call.call_id, at=call.at, kind=EventKind.ENTERED.value, data=data
+                )
+            )
+
+    async def append(self, entry: JournalEntry) -> None:
+        """Add one journal entry to a call; LookupError when the call is unknown."""
+        try:
+            async with self._tx(write=True) as conn:
+                await conn.execute(
+                    self._insert(CallEvent).values(
+                        call_id=entry.call_id,
+                        at=entry.at,
+                        kind=entry.kind.value,
+                        data=dict(entry.data),
+                    )
+                )
+        except sa_exc.IntegrityError as exc:
+            raise LookupError(f"no call {entry.call_id!r} to journal {entry.kind}") from exc
+
+    async def mark_answered(self, call_id: str, at: datetime, by: str | None) -> None:
+        """Record who answered and when (first answer wins; later calls are ignored)."""
+        async with self._tx(write=True) as conn:
+            await conn.execute(
+                update(Call)
+                .where(Call.id == call_id, Call.answered_at.is_(None))
+                .values(answered_at=at, answered_by=by)
+            )
+
+    async def close_call(
+        self,
+        call_id: str,
+        outcome: CallOutcome,
+        ended_at: datetime,
+        *,
+        outbox: Sequence[OutboxMessage] = (),
+        data: dict[str, object] | None = None,
+    ) -> None:
+        """Set the outcome and end time, journal ``ended`` and queue ``outbox`` atomically.
+
+        Closing a call that is already closed changes nothing (no second outbox row); an
+        outbox key already queued (by any call) is kept as it is. The ``ended`` entry's
+        data is ``data`` plus ``outcome``. Outbox rows are due at ``ended_at``.
+        Raises LookupError when the call is unknown (nothing is written).
+        """
+        now = self._clock()
+        async with self._tx(write=True) as conn:
+            # The UPDATE is the guard: only one closer can move the outcome off NULL.
+            closed = await conn.execute(
+                update(Call)
+                .where(Call.id == call_id, Call.outcome.is_(None))
+                .values(outcome=outcome.value, ended_at=ended_at)
+                .returning(Call.id)
+            )
+            if closed.first() is None:
+                exists = await conn.execute(select(Call.id).where(Call.id == call_id))
+                if exists.first() is None:
+                    raise LookupError(f"no call {call_id!r} to close")
+                return
+            await conn.execute(
+                self._insert(CallEvent).values(
+                    call_id=call_id,
+                    at=ended_at,
+                    kind=EventKind.ENDED.value,
+                    data={**(data or {}), "outcome": outcome.value},
+                )
+            )
+            for msg in outbox:
+                await conn.execute(
+                    self._insert(Outbox)
+                    .values(
+                        key=msg.key,
+                        kind=msg.kind,
+                        call_id=msg.call_id if msg.call_id is not None else call_id,
+                        payload=dict(msg.payload),
+                        created_at=now,
+                        attempts=0,
+                        next_attempt_at=ended_at,
+                    )
+                    .on_conflict_do_nothing(index_elements=[Outbox.key])
+                )
+
+    async def get_call(self, call_id: str) -> CallSummary | None:
+        """One call, or None."""
+        async with self._tx(write=False) as conn:
+            row = (await conn.execute(select(Call).where(Call.id == call_id))).mappings()
+            found = row.first()
+        return _summary(found) if found is not None else None
+
+    async def journal(self, call_id: str) -> list[JournalEntry]:
+        """A call's journal, in insertion order."""
+        async with self._tx(write=False) as conn:
+            result = await conn.execute(
+                select(CallEvent.at, CallEvent.kind, CallEvent.data)
+                .where(CallEvent.call_id == call_id)
+                .order_by(CallEvent.id)
+            )
+            rows = result.all()
+        return [
+            JournalEntry(call_id=call_id, at=at, kind=EventKind(kind), data=data or {})
+            for at, kind, data in rows
+        ]
+
+    async def list_calls(
+        self,
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        number: str | None = None,
+        outcome: CallOutcome | None = None,
+        limit: int = 100,
+        before_id: str | None = None,
+    ) -> list[CallSummary]:
+        """Calls, newest first (``started_at``, then id), filtered; ``before_id`` pages on.
+
+        ``since`` is inclusive, ``until`` exclusive; ``number`` matches the caller or the
+        dialed number exactly (normalise it to E.164 first, as the calls are stored);
+        ``before_id`` is the last call of the previous page (an unknown id gives an empty
+        page).
+        """
+        if limit <= 0:
+            return []
+        stmt = select(Call)
+        if since is not None:
+            stmt = stmt.where(Call.started_at >= since)
+        if until is not None:
+            stmt = stmt.where(Call.started_at < until)
+        if number is not None:
+            stmt = stmt.where(or_(Call.caller == number, Call.dialed == number))
+        if outcome is not None:
+            stmt = stmt.where(Call.outcome == outcome.value)
+        stmt = stmt.order_by(Call.started_at.desc(), Call.id.desc()).limit(limit)
+        async with self._tx(write=False) as conn:
+            if before_id is not None:
+                cursor = (
+                    await conn.execute(select(Call.started_at).where(Call.id == before_id))
+                ).first()
+                if cursor is None:
+                    return []
+                cursor_at = cursor[0]
+                stmt = stmt.where(
+                    or_(
+                        Call.started_at < cursor_at,
+                        and_(Call.started_at == cursor_at, Call.id < before_id),
+                    )
+                )
+            rows = (await conn.execute(stmt)).mappings().all()
+        return [_summary(r) for r in rows]
+
+    async def open_calls(self) -> list[CallSummary]:
+        """Calls with no outcome yet, oldest first (to re-sync after a restart)."""
+        async with self._tx(write=False) as conn:
+            rows = (
+                (
+                    await conn.execute(
+                        select(Call)
+                        .where(Call.outcome.is_(None))
+                        .order_by(Call.started_at, Call.id)
+                    )
+                )
+                .mappings()
+                .all()
+            )
+        return [_summary(r) for r in rows]
+
+    # ----------------------------------------------------------------- recordings
+
+    async def add_recording(self, rec: RecordingInfo) -> None:
+        """Keep a recording's metadata (idempotent on ``recording_id``).
+
+        LookupError when the call is unknown.
+        """
+        stmt = (
+            self._insert(Recording)
+            .values(
+                id=rec.recording_id,
+                call_id=rec.call_id,
+                name=rec.name,
+                path=rec.path,
+                format=rec.format,
+                started_at=rec.started_at,
+                duration_s=rec.duration_s,
+                size_bytes=rec.size_bytes,
+                created_at=self._clock(),
+            )
+            .on_conflict_do_nothing(index_elements=[Recording.id])
+        )
+        try:
+            async with self._tx(write=True) as conn:
+                await conn.execute(stmt)
+        except sa_exc.IntegrityError as exc:
+            raise LookupError(f"no call {rec.call_id!r} for recording") from exc
+
+    async def finish_recording(
+        self, recording_id: str, duration_s: float | None, size_bytes: int | None
+    ) -> None:
+        """Set a finished recording's duration and size (unknown ids are ignored)."""
+        async with self._tx(write=True) as conn:
+            await conn.execute(
+                update(Recording)
+                .where(Recording.id == recording_id)
+                .values(duration_s=duration_s, size_bytes=size_bytes)
+            )
+
+    async def recordings(self, call_id: str) -> list[RecordingInfo]:
+        """A call's recordings, in the order they started."""
+        async with self._tx(write=False) as conn:
+            rows = (
+                (
+                    await conn.execute(
+                        select(Recording)
+                        .where(Recording.call_id == call_id)
+                        .order_by(Recording.started_at, Recording.id)
+                    )
+                )
+                .mappings()
+                .all()
+            )
+        return [
+            RecordingInfo(
+                recording_id=r["id"],
+                call_id=r["call_id"],
+                name=r["name"],
+                path=r["path"],
+                format=r["format"],
+                started_at=r["started_at"],
+                duration_s=r["duration_s"],
+                size_bytes=r["size_bytes"],
+            )
+            for r in rows
+        ]
+
+    # ----------------------------------------------------------------- outbox
+
+    async def due_deliveries(self, now: datetime, limit: int = 50) -> list[PendingDelivery]:
+        """Outbox rows not delivered whose next attempt time has come, longest-due first."""
+        async with self._tx(write=False) as conn:
+            rows = (
+                await conn.execute(
+                    select(
+                        Outbox.id,
+                        Outbox.key,
+                        Outbox.kind,
+                        Outbox.payload,
+                        Outbox.attempts,
+                        Outbox.call_id,
+                    )
+                    .where(Outbox.delivered_at.is_(None), Outbox.next_attempt_at <= now)
+                    .order_by(Outbox.next_attempt_at, Outbox.id)
+                    .limit(limit)
+                )
+            ).all()
+        return [
+            PendingDelivery(
+                id=id_,
+                key=key,
+                kind=kind,
+                payload=payload or {},
+                attempts=attempts,
+                call_id=call_id,
+            )
+            for id_, key, kind, payload, attempts, call_id in rows
+        ]
+
+    async def delivered(self, delivery_id: int, at: datetime) -> None:
+        """Mark an outbox row delivered (the first time only)."""
+        async with self._tx(write=True) as conn:
+            await conn.execute(
+                update(Outbox)
+                .where(Outbox.id == delivery_id, Outbox.delivered_at.is_(None))
+                .values(delivered_at=at, last_error=None)
+            )
+
+    async def delivery_failed(self, delivery_id: int, error: str, retry_at: datetime) -> None:
+        """Count a failed attempt, keep its error and schedule the next attempt."""
+        async with self._tx(write=True) as conn:
+            await conn.execute(
+                update(Outbox)
+                .where(Outbox.id == delivery_id, Outbox.delivered_at.is_(None))
+                .values(
+                    attempts=Outbox.attempts + 1,
+                    last_error=error[:_MAX_ERROR_CHARS],
+                    next_attempt_at=retry_at,
+                )
+            )
+
+    # ----------------------------------------------------------------- round robin
+
+    async def advance_cursor(self, group: str, size: int) -> int:
+        """Atomically return the group's round-robin position in ``[0, size)`` and advance it.
+
+        One upsert statement with RETURNING: on PostgreSQL concurrent callers queue on
+        the row lock, on SQLite on the database write lock, so no position is handed out
+        twice in a round. The stored value is the next position; a group whose size
+        changed wraps into the new range.
+        """
+        if size <= 0:
+            raise ValueError(f"round-robin group {group!r} has size {size}, expected >= 1")
+        now = self._clock()
+        stmt = (
+            self._insert(RrCursor)
+            .values(group_id=group, position=1 % size, updated_at=now)
+            .on_conflict_do_update(
+                index_elements=[RrCursor.group_id],
+                set_={"position": (RrCursor.position % size + 1) % size, "updated_at": now},
+            )
+            .returning(RrCursor.position)
+        )
+        async with self._tx(write=True) as conn:
+            next_position = (await conn.execute(stmt)).scalar_one()
+        return int(next_position - 1) % size
+
+
+def _summary(row: RowMapping) -> CallSummary:
+    outcome = row["outcome"]
+    return CallSummary(
+        call_id=row["id"],
+        direction=Direction(row["direction"]),
+        channel_id=row["channel_id"],
+        caller=row["caller"],
+        caller_raw=row["caller_raw"],
+        dialed=row["dialed"],
+        started_at=row["started_at"],
+        node=row["node"],
+        caller_name=row["caller_name"],
+        answered_at=row["answered_at"],
+        ended_at=row["ended_at"],
+        outcome=CallOutcome(outcome) if outcome is not None else None,
+        answered_by=row["answered_by"],
+        line=row["line"],
+        source=row["source"],
+    )

@@ -1,0 +1,148 @@
+"""Bootstrap: builds every object once from the config and runs them in order.
+
+Start order: database (migrate, in the background until it answers) → journal writer →
+AMI → ARI event stream (registers the Stasis app) → HTTP. Stop order is the reverse,
+with one rule first: stop taking calls and hand live callers back to the dialplan, so
+that nobody is left in silence while pbxbrain restarts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+from collections.abc import Coroutine, Mapping
+from typing import Any
+
+from aiohttp import web
+
+from pbxbrain.adapters.ami import AmiClient
+from pbxbrain.adapters.ari import AriClient, AriEventStream
+from pbxbrain.adapters.db import SqlCallStore, create_engine
+from pbxbrain.adapters.migrate import migrate
+from pbxbrain.adapters.stasis import StasisApp, StasisSettings
+from pbxbrain.api.http import make_http_app
+from pbxbrain.config import Config
+from pbxbrain.ports import StoreUnavailable
+from pbxbrain.service import Journal
+
+log = logging.getLogger(__name__)
+
+
+class Daemon:
+    """Everything pbxbrain runs, built once from one Config."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        ast = config.asterisk
+        self.engine = create_engine(config.database)
+        self.store = SqlCallStore(self.engine)
+        self.journal = Journal(self.store)
+        self.ari = AriClient(str(ast.ari.url), ast.ari.user, ast.ari.password.get_secret_value(),
+                             ast.ari.app)
+        self.ami = AmiClient(ast.ami.host, ast.ami.port, ast.ami.user,
+                             ast.ami.secret.get_secret_value())
+        self.stasis = StasisApp(
+            self.ari,
+            self.journal,
+            StasisSettings(
+                node=config.node or socket.gethostname(),
+                default_region=config.numbers.default_region or "ZZ",
+                fallback_context=ast.fallback_context,
+            ),
+        )
+        self.events = AriEventStream(self.ari, self.stasis.on_event, self.stasis.on_link)
+        self.db_ready = asyncio.Event()
+        self.db_error = "migrations not applied yet"
+        self._tasks: list[asyncio.Task[None]] = []
+        self._runner: web.AppRunner | None = None
+
+    # -- health ------------------------------------------------------------------
+    async def health(self) -> Mapping[str, str]:
+        """Each component's status: ``ok`` or what is wrong."""
+        return {
+            "ari": "ok" if self.events.connected.is_set() else self.events.last_error,
+            "ami": self.ami.status,
+            "database": await self._db_status(),
+            "journal": self.journal.status,
+        }
+
+    async def _db_status(self) -> str:
+        if not self.db_ready.is_set():
+            return self.db_error
+        try:
+            await asyncio.wait_for(self.store.ping(), 3.0)
+        except (StoreUnavailable, TimeoutError) as exc:
+            return f"database unavailable: {exc or 'no answer in 3 s'}"
+        return "ok"
+
+    # -- lifecycle ---------------------------------------------------------------
+    async def start(self) -> None:
+        """Start every component; returns once the HTTP API listens."""
+        self._spawn(self._migrate_until_done(), "database")
+        await self.ami.start()
+        self._spawn(self.events.run(), "ari-events")
+        http_app = make_http_app(self.health)
+        self._runner = web.AppRunner(http_app, access_log=None)
+        await self._runner.setup()
+        host, port = self.config.http.host, self.config.http.port
+        await web.TCPSite(self._runner, host, port).start()
+        log.info("pbxbrain listening on http://%s:%d (health: /v1/health)", host, port)
+
+    async def _migrate_until_done(self) -> None:
+        delay = 0.5
+        while True:
+            try:
+                await migrate(self.config.database)  # logs the revision
+            except (StoreUnavailable, OSError) as exc:
+                self.db_error = f"database unavailable, retrying: {exc}"
+                log.error("%s", self.db_error)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 15.0)
+                continue
+            break
+        self.db_ready.set()
+        await self.journal.run()
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+
+        def done(t: asyncio.Task[None]) -> None:
+            if not t.cancelled() and t.exception() is not None:
+                log.critical("background task %s died", name, exc_info=t.exception())
+
+        task.add_done_callback(done)
+        self._tasks.append(task)
+
+    async def stop(self) -> None:
+        """Graceful stop: callers to the dialplan, flush the journal, close links."""
+        log.info("stopping: handing live calls back to the dialplan")
+        await self.stasis.stop()
+        if self.db_ready.is_set() and not await self.journal.drain(5.0):
+            log.error("stopping with %d journal writes not stored: %s",
+                      self.journal.backlog, self.journal.status)
+        if self._runner is not None:
+            await self._runner.cleanup()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await self.ami.close()
+        await self.ari.close()
+        await self.engine.dispose()
+        log.info("stopped")
+
+
+async def serve(config: Config) -> None:
+    """Run the daemon until SIGTERM or SIGINT."""
+    daemon = Daemon(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await daemon.start()
+    await stop.wait()
+    await daemon.stop()

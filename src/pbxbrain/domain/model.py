@@ -1,0 +1,141 @@
+"""Plain values of the call domain, shared by the core, the service and the adapters.
+
+Every value is a frozen, slotted dataclass; times are timezone-aware UTC datetimes.
+Vocabulary follows Wazo's: a *call* is what a person experiences, a *channel* is one
+Asterisk leg of it, a *line* is an inbound number (DID), a *manager* is a staff member.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+
+class Direction(enum.StrEnum):
+    """Which side started the call."""
+
+    INBOUND = "inbound"
+    OUTBOUND = "outbound"
+    INTERNAL = "internal"
+
+
+class CallOutcome(enum.StrEnum):
+    """How a call ended, from the caller's and the sales head's point of view."""
+
+    ANSWERED = "answered"  # a manager talked to the caller
+    MISSED = "missed"  # the routing plan ran out, nobody answered
+    ABANDONED = "abandoned"  # the caller hung up before anybody answered
+    REJECTED = "rejected"  # blacklisted or refused on purpose
+    VOICEMAIL = "voicemail"  # the caller left a message
+    AFTER_HOURS = "after_hours"  # outside working hours, no message left
+    DIALPLAN = "dialplan"  # handed back to the dialplan (fallback or pass-through)
+    FAILED = "failed"  # pbxbrain or Asterisk failed; the journal says why
+
+
+class EventKind(enum.StrEnum):
+    """Kinds of call-journal entries: one row per thing that happened to a call."""
+
+    ENTERED = "entered"  # the call entered pbxbrain (Stasis or FastAGI)
+    ANSWERED = "answered"  # a channel was answered
+    RINGING = "ringing"  # a target started ringing
+    BRIDGED = "bridged"
+    RECORDING_STARTED = "recording_started"
+    RECORDING_FINISHED = "recording_finished"
+    CALLER_HANGUP = "caller_hangup"
+    HANGUP = "hangup"  # pbxbrain hung the call up
+    CONTINUED = "continued"  # handed back to the dialplan
+    ERROR = "error"
+    ENDED = "ended"  # the caller's channel is gone
+    RECOVERED = "recovered"  # found after a restart, or while pbxbrain was down
+
+
+@dataclass(frozen=True, slots=True)
+class InboundCall:
+    """A call entering pbxbrain, as the ARI or FastAGI adapter sees it.
+
+    ``caller`` is E.164 (``+74951234567``) when the number could be parsed, else the
+    digits as Asterisk gave them (``caller_raw``); ``dialed`` is the DID or short number.
+    """
+
+    call_id: str
+    channel_id: str
+    caller: str
+    caller_raw: str
+    dialed: str
+    at: datetime
+    caller_name: str = ""
+    direction: Direction = Direction.INBOUND
+    node: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class JournalEntry:
+    """One event in a call's journal."""
+
+    call_id: str
+    at: datetime
+    kind: EventKind
+    data: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class CallSummary:
+    """A call as stored: what the API, the reports and the CRM see."""
+
+    call_id: str
+    direction: Direction
+    channel_id: str
+    caller: str
+    caller_raw: str
+    dialed: str
+    started_at: datetime
+    node: str = ""
+    caller_name: str = ""
+    answered_at: datetime | None = None
+    ended_at: datetime | None = None
+    outcome: CallOutcome | None = None
+    answered_by: str | None = None
+    line: str | None = None
+    source: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxMessage:
+    """Something to deliver outside (CRM task, webhook), committed with the outcome it follows.
+
+    ``key`` is the idempotency key: delivering the same key twice must be harmless.
+    """
+
+    key: str
+    kind: str
+    payload: Mapping[str, Any]
+    call_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PendingDelivery:
+    """An outbox row due for delivery."""
+
+    id: int
+    key: str
+    kind: str
+    payload: Mapping[str, Any]
+    attempts: int
+    call_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RecordingInfo:
+    """Metadata of a recording kept by pbxbrain."""
+
+    recording_id: str
+    call_id: str
+    name: str  # Asterisk's recording name
+    path: str  # where pbxbrain keeps the file (relative to the recordings dir)
+    format: str
+    started_at: datetime
+    duration_s: float | None = None
+    size_bytes: int | None = None

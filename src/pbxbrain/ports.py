@@ -1,0 +1,104 @@
+"""The ports: what the service needs from the outside world, as Protocols.
+
+Concrete adapters live in ``pbxbrain.adapters``; unit tests use small hand-written fakes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Protocol
+
+from pbxbrain.domain.model import (
+    CallOutcome,
+    CallSummary,
+    InboundCall,
+    JournalEntry,
+    OutboxMessage,
+    PendingDelivery,
+    RecordingInfo,
+)
+
+
+class StoreUnavailable(Exception):
+    """The database cannot be reached or refused the operation; the caller may retry."""
+
+
+class CallStore(Protocol):
+    """Durable memory of calls: the calls table, the journal, recordings, outbox, cursors."""
+
+    async def ping(self) -> None:
+        """Raise StoreUnavailable when the database does not answer."""
+
+    async def open_call(self, call: InboundCall, *, line: str | None = None,
+                        source: str | None = None) -> None:
+        """Create the call row and its ``entered`` journal entry in one transaction.
+
+        Idempotent on ``call.call_id``: opening the same call twice keeps the first row.
+        """
+
+    async def append(self, entry: JournalEntry) -> None:
+        """Add one journal entry to an open call."""
+
+    async def mark_answered(self, call_id: str, at: datetime, by: str | None) -> None:
+        """Record who answered and when (first answer wins; later calls are ignored)."""
+
+    async def close_call(
+        self,
+        call_id: str,
+        outcome: CallOutcome,
+        ended_at: datetime,
+        *,
+        outbox: Sequence[OutboxMessage] = (),
+        data: dict[str, object] | None = None,
+    ) -> None:
+        """Set the outcome and end time, journal ``ended`` and queue ``outbox`` atomically.
+
+        Closing a call that is already closed changes nothing (no second outbox row).
+        """
+
+    async def get_call(self, call_id: str) -> CallSummary | None:
+        """One call, or None."""
+
+    async def journal(self, call_id: str) -> list[JournalEntry]:
+        """A call's journal, oldest first."""
+
+    async def list_calls(
+        self,
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        number: str | None = None,
+        outcome: CallOutcome | None = None,
+        limit: int = 100,
+        before_id: str | None = None,
+    ) -> list[CallSummary]:
+        """Calls, newest first, filtered; ``before_id`` pages on."""
+
+    async def open_calls(self) -> list[CallSummary]:
+        """Calls with no outcome yet (to re-sync after a restart)."""
+
+    async def add_recording(self, rec: RecordingInfo) -> None:
+        """Keep a recording's metadata."""
+
+    async def finish_recording(self, recording_id: str, duration_s: float | None,
+                               size_bytes: int | None) -> None:
+        """Set a finished recording's duration and size."""
+
+    async def recordings(self, call_id: str) -> list[RecordingInfo]:
+        """A call's recordings."""
+
+    async def due_deliveries(self, now: datetime, limit: int = 50) -> list[PendingDelivery]:
+        """Outbox rows not delivered whose next attempt time has come, oldest first."""
+
+    async def delivered(self, delivery_id: int, at: datetime) -> None:
+        """Mark an outbox row delivered."""
+
+    async def delivery_failed(self, delivery_id: int, error: str, retry_at: datetime) -> None:
+        """Count a failed attempt and schedule the next."""
+
+    async def advance_cursor(self, group: str, size: int) -> int:
+        """Atomically return the group's round-robin position in ``[0, size)`` and advance it.
+
+        Survives restarts; safe for concurrent callers (several nodes on one PostgreSQL).
+        """

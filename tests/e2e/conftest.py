@@ -1,0 +1,105 @@
+"""Fixtures for end-to-end tests: the real Asterisk sandbox, SIPp, a real pbxbrain process."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import TypeVar
+
+import pytest
+
+from pbxbrain.adapters.db import SqlCallStore
+from pbxbrain.domain.model import CallSummary, JournalEntry
+from tests.support.asterisk import REPO, Sandbox, asterisk_ready, sandbox, wait_for
+from tests.support.daemon import Daemon, free_port
+
+pytestmark = pytest.mark.asterisk
+
+T = TypeVar("T")
+
+
+@pytest.fixture(scope="session")
+def asterisk() -> Iterator[Sandbox]:
+    """The sandbox Asterisk, started once per test session (built on first use)."""
+    proc = sandbox("start", check=False)
+    assert proc.returncode == 0, f"sandbox did not start:\n{proc.stdout}\n{proc.stderr}"
+    box = Sandbox(Path(sandbox("root").stdout.strip()))
+    box.install_scenarios()
+    yield box
+    sandbox("stop", check=False)
+
+
+@pytest.fixture
+def live_asterisk(asterisk: Sandbox) -> Iterator[Sandbox]:
+    """The sandbox, running (restarted if a previous test killed it); idle after the test."""
+    if not asterisk_ready():
+        sandbox("start")
+    asterisk.wait_idle()
+    yield asterisk
+    if asterisk_ready():
+        asterisk.wait_idle()
+
+
+@pytest.fixture
+def daemon(tmp_path: Path, live_asterisk: Sandbox) -> Iterator[Daemon]:
+    """pbxbrain running the example config, with its own SQLite database and HTTP port."""
+    port = free_port()
+    db_url = f"sqlite+aiosqlite:///{tmp_path / 'pbxbrain.db'}"
+    d = Daemon(
+        config=REPO / "config.example.yaml",
+        database_url=db_url,
+        port=port,
+        log_path=tmp_path / "pbxbrain.log",
+        env={
+            "PBXBRAIN_DATABASE": db_url,
+            "PBXBRAIN_HTTP_LISTEN": f"127.0.0.1:{port}",
+            "PBXBRAIN_RECORDINGS_DIR": str(tmp_path / "recordings"),
+            "PBXBRAIN_ARI_PASSWORD": "pbxbrain-ari-secret",
+            "PBXBRAIN_AMI_SECRET": "pbxbrain-ami-secret",
+        },
+    )
+    d.start()
+    try:
+        d.wait_ready()
+        yield d
+    finally:
+        code = d.stop()
+        print(d.log_tail(200))
+    assert code == 0, f"pbxbrain exited {code} on SIGTERM"
+
+
+class JournalReader:
+    """Reads a daemon's database the way the API will: through SqlCallStore."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def _run(self, query: Callable[[SqlCallStore], Awaitable[T]]) -> T:
+        async def go() -> T:
+            store = SqlCallStore.from_url(self.url)
+            try:
+                return await query(store)
+            finally:
+                await store.close()
+
+        return asyncio.run(go())
+
+    def calls(self, number: str | None = None) -> list[CallSummary]:
+        return self._run(lambda s: s.list_calls(number=number))
+
+    def journal(self, call_id: str) -> list[JournalEntry]:
+        return self._run(lambda s: s.journal(call_id))
+
+    def wait_closed_call(self, number: str, timeout_s: float = 15.0) -> CallSummary:
+        """The newest call from ``number`` once it has an outcome."""
+        def closed() -> CallSummary | None:
+            calls = [c for c in self.calls(number) if c.outcome is not None]
+            return calls[0] if calls else None
+
+        return wait_for(f"a closed call from {number} in the journal", closed, timeout_s)
+
+
+@pytest.fixture
+def journal(daemon: Daemon) -> JournalReader:
+    return JournalReader(daemon.database_url)

@@ -1,0 +1,75 @@
+"""The foundation, end to end: SIPp → Asterisk 22 → Stasis → pbxbrain → journal."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from pbxbrain.domain.model import CallOutcome, Direction, EventKind
+from tests.e2e.conftest import JournalReader
+from tests.support.asterisk import Sandbox, sandbox, wait_for
+from tests.support.daemon import Daemon
+
+pytestmark = pytest.mark.asterisk
+
+DID = "74951234567"  # the main line in config.example.yaml, as the trunk sends it
+
+
+def test_given_a_pstn_call_then_it_enters_stasis_and_is_journaled(
+    daemon: Daemon, live_asterisk: Sandbox, journal: JournalReader
+) -> None:
+    before = datetime.now(UTC)
+
+    result = live_asterisk.call_from_pstn(DID, caller="89161112233")
+
+    assert result.ok, f"SIPp call failed:\n{result.output}\n{result.errors}"
+    call = journal.wait_closed_call("+79161112233")
+    assert call.caller == "+79161112233"  # trunk's national 8-prefix, normalised to E.164
+    assert call.caller_raw == "89161112233"
+    assert call.dialed == DID
+    assert call.direction is Direction.INBOUND
+    assert call.outcome is CallOutcome.DIALPLAN
+    assert call.ended_at is not None
+    assert before - timedelta(seconds=1) <= call.started_at <= call.ended_at
+    assert call.ended_at <= datetime.now(UTC) + timedelta(seconds=1)
+    kinds = [e.kind for e in journal.journal(call.call_id)]
+    assert kinds == [EventKind.ENTERED, EventKind.ANSWERED, EventKind.CONTINUED,
+                     EventKind.ENDED]
+
+
+def test_given_asterisk_restarts_then_daemon_reports_not_ready_and_takes_the_next_call(
+    daemon: Daemon, live_asterisk: Sandbox, journal: JournalReader
+) -> None:
+    sandbox("kill")
+
+    def not_ready() -> dict[str, object] | None:
+        status, body = daemon.health()
+        return body if status == 503 and body["checks"]["ari"] != "ok" else None
+
+    body = wait_for("health to report ARI down", not_ready, timeout_s=20)
+    assert body["status"] == "unavailable"
+
+    sandbox("start")
+    daemon.wait_ready(timeout_s=30)
+
+    result = live_asterisk.call_from_pstn(DID, caller="+79162223344")
+    assert result.ok, f"SIPp call after restart failed:\n{result.output}\n{result.errors}"
+    call = journal.wait_closed_call("+79162223344")
+    assert call.outcome is CallOutcome.DIALPLAN
+
+
+def test_given_pbxbrain_is_down_then_the_dialplan_fallback_still_answers_the_caller(
+    live_asterisk: Sandbox,
+) -> None:
+    # No daemon: the app is not registered, Stasis() fails at once, and the dialplan
+    # rings the fallback group (101 & 102): phone 101 answers, the caller talks, hangs up.
+    phone = live_asterisk.phone("101")
+    try:
+        result = live_asterisk.call_from_pstn(DID, "+79163334455", "caller_hangs_up.xml",
+                                              timeout_s=20)
+        answered = phone.wait()
+    finally:
+        phone.stop()
+    assert result.ok, f"caller was not answered by the fallback:\n{result.output}"
+    assert answered.ok, f"phone 101 did not get the fallback call:\n{answered.output}"

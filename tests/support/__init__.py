@@ -1,0 +1,1 @@
+"""Helpers shared by pbxbrain's test suites (throwaway servers, builders)."""
