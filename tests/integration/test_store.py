@@ -154,7 +154,7 @@ async def test_given_datetimes_in_any_zone_then_they_come_back_aware_utc(
 
 
 async def test_given_naive_datetime_then_it_is_refused(store: SqlCallStore) -> None:
-    with pytest.raises(Exception, match="naive datetime"):
+    with pytest.raises(ValueError, match="naive datetime"):
         await store.open_call(inbound("c1", at=datetime(2026, 3, 2, 9, 0)))
     assert await store.get_call("c1") is None
 
@@ -239,7 +239,7 @@ async def test_given_outbox_that_cannot_be_written_then_nothing_of_the_close_is_
 ) -> None:
     await store.open_call(inbound("c1"))
     bad = OutboxMessage("bad", "crm.task", {"not json": object()})
-    with pytest.raises(Exception):  # noqa: B017, PT011 - whatever the driver raises
+    with pytest.raises(TypeError, match="JSON serializable"):
         await store.close_call("c1", CallOutcome.MISSED, T0, outbox=[missed_task("c1"), bad])
 
     call = await store.get_call("c1")
@@ -251,6 +251,31 @@ async def test_given_outbox_that_cannot_be_written_then_nothing_of_the_close_is_
     # and the call can still be closed properly
     await store.close_call("c1", CallOutcome.MISSED, T0, outbox=[missed_task("c1")])
     assert await count(store, Outbox) == 1
+
+
+async def test_given_concurrent_opens_and_closes_then_one_row_one_close_one_message(
+    store_url: str,
+) -> None:
+    stores = [SqlCallStore(create_engine(store_url)) for _ in range(3)]
+    try:
+        await asyncio.gather(*(stores[i % 3].open_call(inbound("c1")) for i in range(9)))
+        await asyncio.gather(
+            *(
+                stores[i % 3].close_call(
+                    "c1",
+                    CallOutcome.MISSED,
+                    T0 + timedelta(seconds=i),
+                    outbox=[missed_task("c1", key=f"k{i}")],
+                )
+                for i in range(9)
+            )
+        )
+        kinds = [e.kind for e in await stores[0].journal("c1")]
+        assert kinds == [EventKind.ENTERED, EventKind.ENDED]
+        assert await count(stores[0], Outbox) == 1
+    finally:
+        for s in stores:
+            await s.close()
 
 
 # --------------------------------------------------------------------------- listing
@@ -400,6 +425,21 @@ async def test_given_many_concurrent_callers_then_each_position_is_handed_out_eq
 
 
 # --------------------------------------------------------------------------- failures
+
+
+async def test_given_sqlite_then_connections_use_wal_foreign_keys_and_busy_timeout(
+    tmp_path: Path,
+) -> None:
+    engine = create_engine(f"sqlite:///{tmp_path / 'x.db'}", busy_timeout_ms=1234)
+    try:
+        async with engine.connect() as conn:
+            pragmas = [
+                (await conn.exec_driver_sql(f"PRAGMA {name}")).scalar_one()
+                for name in ("journal_mode", "foreign_keys", "busy_timeout")
+            ]
+    finally:
+        await engine.dispose()
+    assert pragmas == ["wal", 1, 1234]
 
 
 async def test_given_live_database_then_ping_passes(store: SqlCallStore) -> None:

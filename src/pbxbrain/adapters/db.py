@@ -322,8 +322,23 @@ def _install_sqlite_hooks(engine: AsyncEngine, busy_timeout_ms: int) -> None:
         try:
             cursor.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
             cursor.execute("PRAGMA foreign_keys = ON")
-            cursor.execute("PRAGMA journal_mode = WAL")
             cursor.execute("PRAGMA synchronous = NORMAL")
+            cursor.execute("PRAGMA journal_mode")
+            row = cursor.fetchone()
+            mode = str(row[0]).lower() if row else ""
+        finally:
+            cursor.close()
+        if mode in ("wal", "memory"):
+            return
+        cursor = dbapi_conn.cursor()
+        try:
+            cursor.execute("PRAGMA journal_mode = WAL")
+        except Exception as exc:
+            # Switching a new file to WAL needs it unlocked, and SQLite does not wait on
+            # this pragma: when another connection is writing to the fresh file, keep this
+            # connection going; the file is switched by the next connection that can.
+            if "locked" not in str(exc):
+                raise
         finally:
             cursor.close()
 
@@ -446,6 +461,17 @@ class SqlCallStore:
         try:
             async with engine.begin() as conn:
                 yield conn
+        except sa_exc.StatementError as exc:
+            # A value the statement could not bind (naive datetime, payload that is not
+            # JSON): the caller's bug, raised as the ValueError/TypeError it is.
+            if not isinstance(exc, sa_exc.DBAPIError) and isinstance(
+                exc.orig, ValueError | TypeError
+            ):
+                raise exc.orig from exc
+            unavailable = as_store_unavailable(exc, self._engine.url)
+            if unavailable is None:
+                raise
+            raise unavailable from exc
         except Exception as exc:
             unavailable = as_store_unavailable(exc, self._engine.url)
             if unavailable is None or unavailable is exc:

@@ -39,8 +39,12 @@ class EventKind(enum.StrEnum):
     """Kinds of call-journal entries: one row per thing that happened to a call."""
 
     ENTERED = "entered"  # the call entered pbxbrain (Stasis or FastAGI)
+    ROUTED = "routed"  # the plan decided for the call (rule, steps, notes)
     ANSWERED = "answered"  # a channel was answered
-    RINGING = "ringing"  # a target started ringing
+    RINGING = "ringing"  # a target is being rung
+    LEG_ENDED = "leg_ended"  # a rung target did not take the call (busy, no answer, ...)
+    PLAYED = "played"  # a prompt was played to the caller
+    REJECTED = "rejected"  # refused without answering (blacklist)
     BRIDGED = "bridged"
     RECORDING_STARTED = "recording_started"
     RECORDING_FINISHED = "recording_finished"

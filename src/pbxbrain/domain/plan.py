@@ -1,0 +1,125 @@
+"""Routing plans and the facts they are decided from: plain data, no behaviour.
+
+``routing.decide(call, facts, config, now) -> Plan`` is pure: it reads only these values.
+The executor (``adapters/stasis.py``) runs a plan's steps in order on ARI:
+
+* ``Ring``: ring ``targets`` (all at once, or one after another for ``timeout_s`` each);
+  the first to answer is bridged with the caller and the plan ends there.
+* ``Play``: play a prompt to the caller (answering the call first).
+* ``Voicemail``: take a message into ``box`` (answers; ends the plan).
+* ``Reject``: refuse the call (``busy``/``congestion``) without answering; ends the plan.
+
+When every step ran and nobody answered, the call is ``unanswered_outcome`` (missed,
+after_hours, rejected) and, unless rejected, a missed-call task goes to ``responsible``.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from pbxbrain.domain.model import CallOutcome
+
+
+class RingMode(enum.StrEnum):
+    """How the targets of one Ring step are rung."""
+
+    ALL = "all"  # every target at once; the first to answer wins
+    SEQUENTIAL = "sequential"  # one after another, ``timeout_s`` each
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Something to ring: a manager's desk phone, or his mobile through the trunk.
+
+    ``endpoint`` is a complete Asterisk dial string (``PJSIP/101`` or
+    ``PJSIP/+79161234567@pstn``); it is built only from validated config values.
+    """
+
+    staff_id: str
+    endpoint: str
+    kind: str = "desk"  # desk | mobile
+
+
+@dataclass(frozen=True, slots=True)
+class Ring:
+    """Ring targets; ``why`` says which rule put them here (for ``pbxbrain route``)."""
+
+    targets: tuple[Target, ...]
+    mode: RingMode
+    timeout_s: int
+    why: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Play:
+    """Play a prompt (an Asterisk sound name such as ``after-hours``) to the caller."""
+
+    prompt: str
+    why: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Voicemail:
+    """Take a message for a department or a manager (``box`` is its id)."""
+
+    box: str
+    why: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Reject:
+    """Refuse the call without answering it."""
+
+    cause: str = "busy"  # busy | congestion
+    why: str = ""
+
+
+Step = Ring | Play | Voicemail | Reject
+
+
+@dataclass(frozen=True, slots=True)
+class Skip:
+    """Somebody the plan left out, and why (busy, unregistered, not in the department)."""
+
+    staff_id: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What to do with one call, and why."""
+
+    steps: tuple[Step, ...]
+    line: str | None  # the matched line (E.164 DID) or None
+    source: str | None  # the line's ad source
+    rule: str  # the rule that decided: "blacklist", "after_hours", "route", "short:<id>", ...
+    record: bool = True
+    responsible: str | None = None  # staff id who gets the missed-call task
+    unanswered_outcome: CallOutcome = CallOutcome.MISSED
+    skipped: tuple[Skip, ...] = ()
+    notes: tuple[str, ...] = ()  # human-readable explanation, in order
+    assign_sticky: str | None = None  # remember this manager for the caller (sticky)
+    cursor_used: Mapping[str, int] = field(default_factory=dict)  # department -> position
+
+
+@dataclass(frozen=True, slots=True)
+class Facts:
+    """Everything ``decide`` needs beyond the config, gathered by the service beforehand.
+
+    * ``owner``: the caller's responsible manager in the CRM (staff id), None if unknown;
+      ``crm_ok`` is False when the CRM could not be asked in time (the route then goes on
+      without the owner, and the plan notes it).
+    * ``busy``: managers on a call or being rung right now; ``offline``: managers whose
+      phone is unregistered or unreachable.
+    * ``cursors``: the round-robin position of each department (from the database).
+    * ``sticky``: the manager this caller was assigned before (sticky strategy).
+    """
+
+    owner: str | None = None
+    crm_ok: bool = True
+    busy: frozenset[str] = frozenset()
+    offline: frozenset[str] = frozenset()
+    cursors: Mapping[str, int] = field(default_factory=dict)
+    sticky: str | None = None
