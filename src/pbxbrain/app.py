@@ -22,11 +22,13 @@ from pbxbrain.adapters.ami import AmiClient
 from pbxbrain.adapters.ari import AriClient, AriEventStream
 from pbxbrain.adapters.db import SqlCallStore, create_engine
 from pbxbrain.adapters.migrate import migrate
+from pbxbrain.adapters.presence import Presence
+from pbxbrain.adapters.recordings import RecordingDirectory
 from pbxbrain.adapters.stasis import StasisApp, StasisSettings
 from pbxbrain.api.http import make_http_app
 from pbxbrain.config import Config
 from pbxbrain.ports import StoreUnavailable
-from pbxbrain.service import Journal
+from pbxbrain.service import Journal, Router
 
 log = logging.getLogger(__name__)
 
@@ -44,13 +46,21 @@ class Daemon:
                              ast.ari.app)
         self.ami = AmiClient(ast.ami.host, ast.ami.port, ast.ami.user,
                              ast.ami.secret.get_secret_value())
+        self.presence = Presence(
+            self.ari, {sid: s.phone for sid, s in config.staff.items() if s.phone})
+        self.router = Router(config, self.store, self.presence)
+        self.recordings = RecordingDirectory(config.recordings.dir)
         self.stasis = StasisApp(
             self.ari,
             self.journal,
-            StasisSettings(
+            router=self.router,
+            phones=self.presence,
+            recordings=self.recordings,
+            settings=StasisSettings(
                 node=config.node or socket.gethostname(),
                 default_region=config.numbers.default_region or "ZZ",
                 fallback_context=ast.fallback_context,
+                recording_format=config.recordings.format,
             ),
         )
         self.events = AriEventStream(self.ari, self.stasis.on_event, self.stasis.on_link)

@@ -1,4 +1,4 @@
-"""The ``pbxbrain`` command: run, check-config, migrate."""
+"""The ``pbxbrain`` command: run, check-config, migrate, route."""
 
 from __future__ import annotations
 
@@ -30,6 +30,21 @@ def _parser() -> argparse.ArgumentParser:
 
     mig = sub.add_parser("migrate", help="apply database migrations")
     mig.add_argument("--config", default=DEFAULT_CONFIG)
+
+    route = sub.add_parser("route", help="dry run: print how a call would be routed, and why")
+    route.add_argument("--config", default=DEFAULT_CONFIG)
+    route.add_argument("--from", dest="caller", required=True, help="the caller's number")
+    route.add_argument("--to", dest="dialed", required=True,
+                       help="the dialed DID (or a short number with --internal)")
+    route.add_argument("--at", help="when, e.g. 2026-11-25T10:00+03:00 (default: now)")
+    route.add_argument("--owner", help="staff id of the caller's owner in the CRM")
+    route.add_argument("--busy", action="append", default=[], metavar="STAFF",
+                       help="a busy manager (repeat, or comma-separate)")
+    route.add_argument("--offline", action="append", default=[], metavar="STAFF",
+                       help="a manager whose phone is unregistered (repeat, or comma-separate)")
+    route.add_argument("--internal", action="store_true",
+                       help="the call comes from a desk phone (short numbers work)")
+    route.add_argument("--json", action="store_true", help="print the plan as JSON")
     return parser
 
 
@@ -50,6 +65,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args.command == "check-config":
         return check_config_main(args.file)
+    if args.command == "route":
+        from pbxbrain.cli_route import route_main
+
+        return route_main(args.config, args.caller, args.dialed, args.at, args.owner,
+                          args.busy, args.offline, args.json, args.internal)
     try:
         config = load_config(args.config)
     except ConfigError as exc:

@@ -102,3 +102,19 @@ class CallStore(Protocol):
 
         Survives restarts; safe for concurrent callers (several nodes on one PostgreSQL).
         """
+
+
+class PhoneStates(Protocol):
+    """Who is free: Asterisk's phone states joined with pbxbrain's own reservations."""
+
+    async def snapshot(self) -> tuple[frozenset[str], frozenset[str]]:
+        """(busy, offline) staff ids right now."""
+
+    def reserve(self, staff_id: str, call_id: str) -> bool:
+        """Hold a manager for a call; False when another call holds him."""
+
+    def release(self, staff_id: str, call_id: str) -> None:
+        """Let a manager go."""
+
+    def release_all(self, call_id: str) -> None:
+        """Let every manager held by a call go."""

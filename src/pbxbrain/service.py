@@ -1,4 +1,6 @@
-"""The call journal writer: the call path never waits on the database.
+"""Call orchestration that needs no Asterisk: the journal writer and the router.
+
+The call journal writer: the call path never waits on the database.
 
 Every write (open, append, answered, close) is queued in order and applied by one
 worker. When the database is down, the worker keeps the queue, retries with backoff,
@@ -11,9 +13,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from pbxbrain.domain.model import (
     CallOutcome,
@@ -21,8 +24,14 @@ from pbxbrain.domain.model import (
     InboundCall,
     JournalEntry,
     OutboxMessage,
+    RecordingInfo,
 )
-from pbxbrain.ports import CallStore, StoreUnavailable
+from pbxbrain.domain.plan import Facts, Plan
+from pbxbrain.domain.routing import cursor_groups, decide
+from pbxbrain.ports import CallStore, PhoneStates, StoreUnavailable
+
+if TYPE_CHECKING:
+    from pbxbrain.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -64,11 +73,16 @@ class Journal:
         """Who answered, when (the first answer wins)."""
         self._put(call_id, "answered", lambda s: s.mark_answered(call_id, at, by))
 
+    def recording(self, rec: RecordingInfo) -> None:
+        """A recording kept for the call (metadata; the file is already stored)."""
+        self._put(rec.call_id, "recording", lambda s: s.add_recording(rec))
+
     def closed(self, call_id: str, outcome: CallOutcome, at: datetime, *,
-               outbox: Sequence[OutboxMessage] = (), **data: object) -> None:
+               outbox: Sequence[OutboxMessage] = (),
+               data: Mapping[str, object] | None = None) -> None:
         """The call's outcome, with its outbox rows (one transaction in the store)."""
         self._put(call_id, "close", lambda s: s.close_call(
-            call_id, outcome, at, outbox=outbox, data=dict(data)))
+            call_id, outcome, at, outbox=outbox, data=dict(data or {})))
 
     # -- status ----------------------------------------------------------------
     @property
@@ -131,3 +145,44 @@ class Journal:
                 self.written += 1
             delay = self._retry_first
             self._queue.popleft()
+
+
+class Router:
+    """Gathers the facts for a call, each with a deadline and a fallback, then decides.
+
+    The decision itself is ``domain.routing.decide``: pure. What can be slow or down here
+    (the database for round-robin cursors, Asterisk for phone states, later the CRM) is
+    bounded, so a sick dependency degrades the route, never holds the caller.
+    """
+
+    def __init__(self, config: Config, store: CallStore, phones: PhoneStates, *,
+                 deadline_s: float = 0.5) -> None:
+        self.config = config
+        self._store = store
+        self._phones = phones
+        self._deadline = deadline_s
+        self._local_cursors: dict[str, int] = {}  # used while the database is down
+
+    async def plan(self, call: InboundCall, now: datetime) -> Plan:
+        """The plan for ``call`` at ``now``."""
+        cursors: dict[str, int] = {}
+        for group in cursor_groups(call.dialed, call.caller, self.config):
+            size = len(self.config.departments[group].members)
+            if size == 0:
+                continue
+            try:
+                cursors[group] = await asyncio.wait_for(
+                    self._store.advance_cursor(group, size), self._deadline)
+            except (StoreUnavailable, TimeoutError) as exc:
+                position = self._local_cursors.get(group, 0)
+                self._local_cursors[group] = position + 1
+                cursors[group] = position % size
+                log.warning("call %s: round-robin cursor of %s from memory (%s)",
+                            call.call_id, group, exc or "database too slow")
+        try:
+            busy, offline = await asyncio.wait_for(self._phones.snapshot(), self._deadline * 2)
+        except TimeoutError:
+            busy, offline = frozenset(), frozenset()
+            log.warning("call %s: phone states not known in time", call.call_id)
+        facts = Facts(owner=None, crm_ok=True, busy=busy, offline=offline, cursors=cursors)
+        return decide(call, facts, self.config, now)

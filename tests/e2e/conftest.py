@@ -10,7 +10,7 @@ from typing import TypeVar
 import pytest
 
 from pbxbrain.adapters.db import SqlCallStore
-from pbxbrain.domain.model import CallSummary, JournalEntry
+from pbxbrain.domain.model import CallSummary, JournalEntry, RecordingInfo
 from tests.support.asterisk import REPO, Sandbox, asterisk_ready, sandbox, wait_for
 from tests.support.daemon import Daemon, free_port
 
@@ -43,13 +43,15 @@ def live_asterisk(asterisk: Sandbox) -> Iterator[Sandbox]:
 
 @pytest.fixture
 def daemon(tmp_path: Path, live_asterisk: Sandbox) -> Iterator[Daemon]:
-    """pbxbrain running the example config, with its own SQLite database and HTTP port."""
+    """pbxbrain running tests/e2e/pbxbrain.yaml, with its own SQLite database, recordings
+    directory and HTTP port."""
     port = free_port()
     db_url = f"sqlite+aiosqlite:///{tmp_path / 'pbxbrain.db'}"
     d = Daemon(
-        config=REPO / "config.example.yaml",
+        config=REPO / "tests" / "e2e" / "pbxbrain.yaml",
         database_url=db_url,
         port=port,
+        recordings=tmp_path / "recordings",
         log_path=tmp_path / "pbxbrain.log",
         env={
             "PBXBRAIN_DATABASE": db_url,
@@ -90,6 +92,9 @@ class JournalReader:
 
     def journal(self, call_id: str) -> list[JournalEntry]:
         return self._run(lambda s: s.journal(call_id))
+
+    def recordings(self, call_id: str) -> list[RecordingInfo]:
+        return self._run(lambda s: s.recordings(call_id))
 
     def wait_closed_call(self, number: str, timeout_s: float = 15.0) -> CallSummary:
         """The newest call from ``number`` once it has an outcome."""

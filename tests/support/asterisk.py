@@ -150,10 +150,16 @@ class Sandbox:
 
     def call_from_pstn(self, did: str, caller: str,
                        scenario: str = "caller_answered_remote_bye.xml", *, calls: int = 1,
-                       rate: float | None = None, timeout_s: float = 30.0) -> SippResult:
-        """Place ``calls`` calls from the PSTN side (127.0.0.2, the trunk) to ``did``."""
+                       rate: float | None = None, limit: int | None = None,
+                       timeout_s: float = 30.0, **keys: str | int) -> SippResult:
+        """Place ``calls`` calls from the PSTN side (127.0.0.2, the trunk) to ``did``;
+        ``keys`` fill the scenario's ``[name]`` fields (``talk_ms=2000``)."""
         args = ["127.0.0.1:5060", "-i", "127.0.0.2", "-m", str(calls), "-s", did,
                 "-key", "caller", caller]
+        for name, value in keys.items():
+            args += ["-key", name, str(value)]
+        if limit is not None:
+            args += ["-l", str(limit)]
         if rate is not None:
             args += ["-r", f"{rate:g}"]
         return self.sipp(scenario, *args, timeout_s=timeout_s)

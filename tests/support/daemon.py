@@ -32,6 +32,7 @@ class Daemon:
     config: Path
     database_url: str
     port: int
+    recordings: Path
     log_path: Path
     env: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = None

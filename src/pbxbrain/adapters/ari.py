@@ -602,6 +602,7 @@ class AriClient:
         max_duration_s: int = 0,
         if_exists: str = "fail",
         beep: bool = False,
+        terminate_on: str = "none",
     ) -> LiveRecording:
         """Record ``bridges/ID`` or ``channels/ID`` into the stored recording ``name``."""
         params: dict[str, str | int] = {
@@ -610,6 +611,7 @@ class AriClient:
             "maxDurationSeconds": max_duration_s,
             "ifExists": if_exists,
             "beep": "true" if beep else "false",
+            "terminateOn": terminate_on,
         }
         return LiveRecording.parse(await self.request("POST", f"/{target}/record", params=params))
 
@@ -629,6 +631,11 @@ class AriClient:
     async def endpoints(self) -> list[Endpoint]:
         """All endpoints with their state."""
         return [Endpoint.parse(e) for e in await self.request("GET", "/endpoints")]
+
+    async def endpoints_of(self, technology: str) -> list[Endpoint]:
+        """The endpoints of one technology (``PJSIP``) with their state and channels."""
+        return [Endpoint.parse(e)
+                for e in await self.request("GET", f"/endpoints/{_q(technology)}")]
 
     async def endpoint(self, technology: str, resource: str) -> Endpoint:
         """One endpoint's state."""

@@ -1,17 +1,28 @@
-"""The Stasis app: turns ARI events into calls and runs each call in its own task.
+"""The Stasis app: turns ARI events into calls and runs each call's plan on ARI.
 
 Dispatch is on the app args the dialplan passes to ``Stasis(pbxbrain, ...)``:
 
 * ``inbound,<DID>``: a call from the PSTN trunk;
-* ``internal,<short>`` and ``outbound,<number>``: calls from managers' desk phones.
+* ``internal,<short>`` and ``outbound,<number>``: calls from managers' desk phones;
+* ``leg,<call id>``: a manager's phone pbxbrain rang, now answered.
 
-Each call gets a :class:`CallSession` with its own event queue, so that events of one
-call are handled in order and a slow call never delays another. Any failure inside a
-session falls back safely: the caller is sent to the dialplan's fallback context (which
-rings the fallback group) or, if even that fails, hung up; never left in silence.
+Each call gets a :class:`CallSession` with its own event queue: every event of the
+caller's channel, of the legs it rings, of its bridge, playbacks and recordings goes there,
+in order, so one call is one sequential story and a slow call never delays another.
 
-For now (the foundation), a session answers, journals, and hands the call back to the
-dialplan after the ``Stasis()`` line. The routing plan executor replaces that step.
+Executing a plan (the rules, in order):
+
+1. ``Reject``: hang up without answering (the caller hears busy). Ends the plan.
+2. ``Ring``: the caller hears ringback (not answered: no charge to the caller yet); each
+   target is a leg originated into this app. The first leg to enter Stasis (= answered)
+   wins: the caller is answered and both are put in a mixing bridge, which is recorded;
+   every other leg is hung up at once. A step's timeout hangs its legs up and moves on.
+3. ``Play``: answer, play the prompt to its end. ``Voicemail``: answer, beep, record the
+   caller until ``#``, silence or hang-up. Ends the plan.
+4. The caller hanging up at any moment ends everything: legs hung up, call *abandoned*.
+5. Any failure inside pbxbrain sends the caller to the dialplan's fallback context (or
+   hangs up when even that fails): never left in silence. No bridge or leg outlives
+   its call: the session's ``finally`` cleans up whatever is left.
 """
 
 from __future__ import annotations
@@ -20,9 +31,10 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from pbxbrain.adapters.ari import (
     AriClient,
@@ -33,12 +45,18 @@ from pbxbrain.adapters.ari import (
     Channel,
     ChannelDestroyed,
     ChannelHangupRequest,
+    ChannelLeftBridge,
+    PlaybackEvent,
+    RecordingEvent,
     StasisEnd,
     StasisStart,
 )
-from pbxbrain.domain.model import CallOutcome, Direction, EventKind, InboundCall
+from pbxbrain.adapters.recordings import RecordingDirectory
+from pbxbrain.domain.model import CallOutcome, Direction, EventKind, InboundCall, RecordingInfo
 from pbxbrain.domain.phone import normalize_caller
-from pbxbrain.service import Journal
+from pbxbrain.domain.plan import Plan, Play, Reject, Ring, RingMode, Target, Voicemail
+from pbxbrain.ports import PhoneStates
+from pbxbrain.service import Journal, Router
 
 log = logging.getLogger(__name__)
 
@@ -57,83 +75,464 @@ class StasisSettings:
     node: str
     default_region: str
     fallback_context: str | None = None
+    recording_format: str = "wav"
     session_deadline_s: float = 4 * 3600.0  # no call lasts longer; its task is reaped
+    voicemail_max_s: int = 120
+    prompt_max_s: float = 60.0
+    recording_settle_s: float = 5.0
+
+
+@dataclass
+class Leg:
+    """A manager's phone being rung for a call."""
+
+    channel_id: str
+    target: Target
+    started: datetime
+    answered: bool = False
+    ended: bool = False
+
+
+@dataclass
+class _Ended:
+    """Internal marker: the caller is gone."""
+
+    at: datetime
+    cause: str = ""
+
+
+class CallerGone(Exception):
+    """The caller hung up; the plan stops."""
 
 
 class CallSession:
-    """One call in the app: its caller's channel, its events, its journal."""
+    """One call in the app: its caller's channel, its legs, its journal."""
 
     def __init__(self, app: StasisApp, call: InboundCall) -> None:
         self.app = app
         self.call = call
         self.events: asyncio.Queue[AriEvent] = asyncio.Queue()
-        self.caller_gone = False
-        self.left_app = False
+        self.caller_gone: _Ended | None = None
+        self.caller_answered = False
+        self.ringback_sent = False
+        self.legs: dict[str, Leg] = {}
+        self.bridges: set[str] = set()
         self.task: asyncio.Task[None] | None = None
+        self._leg_seq = 0
 
+    @property
+    def ari(self) -> AriClient:
+        return self.app.ari
+
+    @property
+    def journal(self) -> Journal:
+        return self.app.journal
+
+    def log_event(self, kind: EventKind, **data: object) -> None:
+        """Journal something that happened now."""
+        self.journal.event(self.call.call_id, self.app.clock(), kind, **data)
+
+    # -- events ------------------------------------------------------------------
     def feed(self, event: AriEvent) -> None:
         """Deliver one of the call's ARI events (from the event stream, in order)."""
-        match event:
-            case ChannelHangupRequest() | ChannelDestroyed():
-                self.caller_gone = True
-            case StasisEnd():
-                self.left_app = True
+        channel = getattr(event, "channel", None)
+        if (isinstance(channel, Channel) and channel.id == self.call.channel_id
+                and isinstance(event, ChannelHangupRequest | ChannelDestroyed | StasisEnd)
+                and self.caller_gone is None):
+            self.caller_gone = _Ended(event.at, type(event).__name__)
         self.events.put_nowait(event)
 
-    async def run(self) -> None:
-        """Answer, journal, hand back to the dialplan; close the call when it leaves."""
-        ari, journal, call = self.app.ari, self.app.journal, self.call
-        journal.entered(call)
-        outcome = CallOutcome.DIALPLAN
+    async def next_event(self, deadline: float | None) -> AriEvent | None:
+        """The next event, or None when the loop-time ``deadline`` passed."""
+        if deadline is None:
+            return await self.events.get()
+        remaining = deadline - asyncio.get_running_loop().time()
+        if remaining <= 0:
+            return None
         try:
-            await ari.answer(call.channel_id)
-            journal.event(call.call_id, self.app.clock(), EventKind.ANSWERED,
-                          channel=call.channel_id, by="pbxbrain")
-            await ari.continue_in_dialplan(call.channel_id)
-            journal.event(call.call_id, self.app.clock(), EventKind.CONTINUED,
-                          context="(after Stasis)")
-            ended = await self._wait_until_left()
-        except AriNotFound:
-            # The caller hung up under our feet.
+            return await asyncio.wait_for(self.events.get(), remaining)
+        except TimeoutError:
+            return None
+
+    def _check_caller(self) -> None:
+        if self.caller_gone is not None:
+            raise CallerGone
+
+    # -- the call ------------------------------------------------------------------
+    async def run(self) -> None:
+        """Decide, execute, journal the outcome; clean up whatever is left."""
+        call = self.call
+        outcome = CallOutcome.FAILED
+        answered_by: str | None = None
+        plan: Plan | None = None
+        try:
+            plan = await self.app.router.plan(call, self.app.clock())
+            self.journal.entered(call, line=plan.line, source=plan.source)
+            self.log_event(EventKind.ROUTED, rule=plan.rule, notes=list(plan.notes),
+                           steps=[_describe_step(s) for s in plan.steps],
+                           skipped={s.staff_id: s.reason for s in plan.skipped},
+                           responsible=plan.responsible)
+            if plan.fallback:
+                await self.app.rescue(call.channel_id, call.call_id)
+                outcome = CallOutcome.DIALPLAN
+            else:
+                outcome, answered_by = await self.execute(plan)
+        except CallerGone:
             outcome = CallOutcome.ABANDONED
-            ended = await self._wait_until_left(timeout_s=5.0)
+        except asyncio.CancelledError:
+            # pbxbrain is stopping: the caller goes to the dialplan's fallback, not silence.
+            await self._cleanup()
+            if self.caller_gone is None:
+                await self.app.rescue(call.channel_id, call.call_id)
+            self.journal.closed(call.call_id, CallOutcome.DIALPLAN, self.app.clock(),
+                                data={"reason": "pbxbrain stopping"})
+            raise
         except Exception as exc:
-            outcome = CallOutcome.FAILED if not self.caller_gone else CallOutcome.ABANDONED
+            if plan is None:
+                self.journal.entered(call)
             log.exception("call %s (channel %s): failed in pbxbrain", call.call_id,
                           call.channel_id)
-            journal.event(call.call_id, self.app.clock(), EventKind.ERROR, error=repr(exc))
-            if not self.caller_gone:
+            self.log_event(EventKind.ERROR, error=repr(exc))
+            if self.caller_gone is None:
                 await self.app.rescue(call.channel_id, call.call_id)
-            ended = await self._wait_until_left(timeout_s=5.0)
-        journal.closed(call.call_id, outcome, ended)
+                outcome = CallOutcome.DIALPLAN
+            else:
+                outcome = CallOutcome.ABANDONED
+        finally:
+            await self._cleanup()
+        ended = await self._wait_until_left()
+        data: dict[str, object] = {}
+        if answered_by:
+            data["answered_by"] = answered_by
+        if plan is not None and outcome is not CallOutcome.ANSWERED and plan.responsible:
+            data["responsible"] = plan.responsible
+        self.journal.closed(call.call_id, outcome, ended, data=data)
+        log.info("call %s: %s%s", call.call_id, outcome.value,
+                 f" by {answered_by}" if answered_by else "")
 
-    async def _wait_until_left(self, timeout_s: float | None = None) -> datetime:
-        """Wait for the caller's channel to leave the app; return when it did."""
-        deadline = timeout_s if timeout_s is not None else self.app.settings.session_deadline_s
+    async def execute(self, plan: Plan) -> tuple[CallOutcome, str | None]:
+        """Run the plan's steps; returns the outcome and who answered."""
+        for step in plan.steps:
+            self._check_caller()
+            match step:
+                case Reject(cause=cause):
+                    await self.ari.hangup(self.call.channel_id, cause)
+                    self.log_event(EventKind.REJECTED, cause=cause, why=step.why)
+                    return CallOutcome.REJECTED, None
+                case Play(prompt=prompt):
+                    await self._answer_caller()
+                    await self._play(prompt)
+                case Voicemail(box=box):
+                    await self._answer_caller()
+                    left = await self._voicemail(box)
+                    return (CallOutcome.VOICEMAIL if left else plan.unanswered_outcome), None
+                case Ring(targets=targets, mode=mode, timeout_s=timeout_s):
+                    groups = [targets] if mode is RingMode.ALL else [(t,) for t in targets]
+                    for group in groups:
+                        leg = await self._ring(group, timeout_s)
+                        if leg is not None:
+                            await self._talk(leg, record=plan.record)
+                            return CallOutcome.ANSWERED, leg.target.staff_id
+        self._check_caller()
+        # Nobody took it: the plan ran out. Tell Asterisk (the caller hears busy/no answer).
+        with contextlib.suppress(AriNotFound):
+            await self.ari.hangup(self.call.channel_id, "no_answer")
+        return plan.unanswered_outcome, None
+
+    # -- steps -----------------------------------------------------------------------
+    async def _answer_caller(self) -> None:
+        if not self.caller_answered:
+            await self.ari.answer(self.call.channel_id)
+            self.caller_answered = True
+            self.log_event(EventKind.ANSWERED, channel=self.call.channel_id, by="pbxbrain")
+
+    async def _ring(self, targets: tuple[Target, ...], timeout_s: int) -> Leg | None:
+        """Ring targets at once; the first to answer is returned, the others hung up."""
+        if not self.ringback_sent and not self.caller_answered:
+            with contextlib.suppress(AriNotFound):
+                await self.ari.ring(self.call.channel_id)
+            self.ringback_sent = True
+        legs = await self._originate(targets, timeout_s)
+        if not legs:
+            return None
+        return await self._first_answer(legs, timeout_s)
+
+    async def _originate(self, targets: tuple[Target, ...], timeout_s: int) -> dict[str, Leg]:
+        """One leg per target that is free to ring; legs by channel id."""
+        call_id = self.call.call_id
+        legs: dict[str, Leg] = {}
+        for target in targets:
+            self._check_caller()
+            if not self.app.phones.reserve(target.staff_id, call_id):
+                self.log_event(EventKind.LEG_ENDED, staff=target.staff_id, reason="taken by "
+                               "another call")
+                continue
+            self._leg_seq += 1
+            leg = Leg(f"{call_id}-{self._leg_seq}", target, self.app.clock())
+            self.app.route(leg.channel_id, self)
+            legs[leg.channel_id] = self.legs[leg.channel_id] = leg
+            try:
+                await self.ari.originate(
+                    target.endpoint,
+                    app_args=f"leg,{call_id}",
+                    caller_id=f'"{self.call.caller_name or self.call.caller}" '
+                              f'<{self.call.caller}>',
+                    timeout_s=timeout_s + 5,
+                    channel_id=leg.channel_id,
+                    originator=self.call.channel_id,
+                )
+            except AriError as exc:
+                leg.ended = True
+                del legs[leg.channel_id]
+                self.app.phones.release(target.staff_id, call_id)
+                self.log_event(EventKind.LEG_ENDED, staff=target.staff_id,
+                               endpoint=target.endpoint, reason=f"cannot ring: {exc.message}")
+                continue
+            self.log_event(EventKind.RINGING, staff=target.staff_id, endpoint=target.endpoint,
+                           target=target.kind, timeout_s=timeout_s)
+        return legs
+
+    async def _first_answer(self, legs: dict[str, Leg], timeout_s: int) -> Leg | None:
+        """Wait for the first leg to answer (enter Stasis); hang up all the others."""
+        call_id = self.call.call_id
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        winner: Leg | None = None
         try:
-            async with asyncio.timeout(deadline):
-                while True:
-                    event = await self.events.get()
-                    if isinstance(event, StasisEnd | ChannelDestroyed):
-                        if isinstance(event, ChannelDestroyed):
-                            self.caller_gone = True
-                        return event.at
-        except TimeoutError:
-            log.warning("call %s: no StasisEnd after %.0f s, closing it in the journal",
-                        self.call.call_id, deadline)
-            return self.app.clock()
+            while winner is None and any(not rung.ended for rung in legs.values()):
+                event = await self.next_event(deadline)
+                if event is None:
+                    break  # step timeout
+                self._check_caller()
+                channel = getattr(event, "channel", None)
+                rung = legs.get(channel.id) if isinstance(channel, Channel) else None
+                if rung is None:
+                    continue
+                match event:
+                    case StasisStart():
+                        rung.answered = True
+                        winner = rung
+                    case ChannelDestroyed(cause=cause, cause_txt=cause_txt):
+                        rung.ended = True
+                        self.app.phones.release(rung.target.staff_id, call_id)
+                        self.log_event(EventKind.LEG_ENDED, staff=rung.target.staff_id,
+                                       reason=_cause_name(cause, cause_txt), cause=cause)
+        finally:
+            # Every leg but the winner goes: at once, whatever ended the wait.
+            for other in legs.values():
+                if other is not winner and not other.ended:
+                    if winner is not None:
+                        await self._hangup_leg(other, "answered_elsewhere",
+                                               "answered elsewhere")
+                    elif self.caller_gone is not None:
+                        await self._hangup_leg(other, "normal", "caller hung up")
+                    else:
+                        await self._hangup_leg(other, "no_answer", "no answer in time")
+        return winner
+
+    async def _hangup_leg(self, leg: Leg, reason: str, why: str | None) -> None:
+        """Hang a leg up (Asterisk ``reason``); journal ``why`` unless None."""
+        was_ended, leg.ended = leg.ended, True
+        with contextlib.suppress(AriNotFound):
+            await self.ari.hangup(leg.channel_id, reason)
+        if not was_ended:
+            self.app.phones.release(leg.target.staff_id, self.call.call_id)
+            if why is not None:
+                self.log_event(EventKind.LEG_ENDED, staff=leg.target.staff_id, reason=why)
+
+    async def _talk(self, leg: Leg, *, record: bool) -> None:
+        """Bridge the caller with the manager who answered; record; wait for the end."""
+        call_id = self.call.call_id
+        await self._answer_caller_for(leg)
+        bridge_id = f"{call_id}-bridge"
+        self.app.route(bridge_id, self)
+        self.bridges.add(bridge_id)
+        await self.ari.create_bridge(bridge_id, kind="mixing", name=f"call {call_id}")
+        await self.ari.add_channel(bridge_id, self.call.channel_id)
+        await self.ari.add_channel(bridge_id, leg.channel_id)
+        now = self.app.clock()
+        self.journal.answered(call_id, now, leg.target.staff_id)
+        self.log_event(EventKind.BRIDGED, staff=leg.target.staff_id, bridge=bridge_id,
+                       after_s=round((now - self.call.at).total_seconds(), 3))
+        recording: str | None = None
+        if record:
+            recording = await self._start_recording(f"bridges/{bridge_id}", f"{call_id}-talk",
+                                                    now)
+        # Talk until either side leaves.
+        while True:
+            if self.caller_gone is not None:
+                break
+            event = await self.next_event(None)
+            channel = getattr(event, "channel", None)
+            if isinstance(event, ChannelDestroyed | StasisEnd | ChannelHangupRequest |
+                          ChannelLeftBridge) and isinstance(channel, Channel) and (
+                    channel.id == leg.channel_id):
+                break
+        by = "caller" if self.caller_gone is not None else leg.target.staff_id
+        self.log_event(EventKind.HANGUP, by=by,
+                       talk_s=round((self.app.clock() - now).total_seconds(), 3))
+        if self.caller_gone is None:
+            with contextlib.suppress(AriNotFound):
+                await self.ari.hangup(self.call.channel_id, "normal")
+        await self._hangup_leg(leg, "normal", None)
+        with contextlib.suppress(AriNotFound):
+            await self.ari.destroy_bridge(bridge_id)
+        self.bridges.discard(bridge_id)
+        if recording is not None:
+            await self._keep_recording(recording, now)
+
+    async def _answer_caller_for(self, leg: Leg) -> None:
+        self.log_event(EventKind.ANSWERED, channel=leg.channel_id, by=leg.target.staff_id,
+                       after_s=round((self.app.clock() - leg.started).total_seconds(), 3))
+        if not self.caller_answered:
+            await self.ari.answer(self.call.channel_id)
+            self.caller_answered = True
+
+    async def _start_recording(self, target: str, name: str, at: datetime) -> str | None:
+        fmt = self.app.settings.recording_format
+        try:
+            await self.ari.record(target, name, fmt=fmt, if_exists="overwrite")
+        except AriError as exc:
+            # Not recording is bad; dropping the call for it would be worse.
+            log.error("call %s: cannot record %s: %s (is /var/spool/asterisk/recording "
+                      "there and writable by asterisk?)", self.call.call_id, target, exc)
+            self.log_event(EventKind.ERROR, error=f"recording failed: {exc}")
+            return None
+        self.log_event(EventKind.RECORDING_STARTED, name=name, format=fmt)
+        return name
+
+    async def _wait_recording_done(self, name: str) -> RecordingEvent | None:
+        deadline = asyncio.get_running_loop().time() + self.app.settings.recording_settle_s
+        while True:
+            event = await self.next_event(deadline)
+            if event is None:
+                return None
+            if isinstance(event, RecordingEvent) and event.recording.name == name and (
+                    event.type in ("RecordingFinished", "RecordingFailed")):
+                return event
+
+    async def _keep_recording(self, name: str, started: datetime) -> bool:
+        """Move a finished recording from Asterisk into pbxbrain's store; True if kept."""
+        done = await self._wait_recording_done(name)
+        if done is not None and done.type == "RecordingFailed":
+            self.log_event(EventKind.ERROR, error=f"recording {name} failed: "
+                           f"{done.recording.cause}")
+            return False
+        fmt = self.app.settings.recording_format
+        try:
+            data = await self.ari.stored_recording_file(name)
+        except AriError as exc:
+            log.error("call %s: recording %s not fetched from Asterisk: %s; it stays in "
+                      "Asterisk's spool", self.call.call_id, name, exc)
+            self.log_event(EventKind.ERROR, error=f"recording {name} not fetched: {exc}")
+            return False
+        saved = await self.app.recordings.save(name, fmt, data, started)
+        self.journal.recording(RecordingInfo(
+            recording_id=name, call_id=self.call.call_id, name=name,
+            path=saved.relative_path, format=fmt, started_at=started,
+            duration_s=saved.duration_s, size_bytes=saved.size_bytes))
+        self.log_event(EventKind.RECORDING_FINISHED, name=name, path=saved.relative_path,
+                       duration_s=saved.duration_s, size_bytes=saved.size_bytes)
+        with contextlib.suppress(AriError):
+            await self.ari.delete_stored_recording(name)
+        return saved.duration_s is None or saved.duration_s > 0
+
+    async def _play(self, prompt: str) -> None:
+        playback_id = f"{self.call.call_id}-play-{uuid.uuid4().hex[:6]}"
+        self.app.route(playback_id, self)
+        await self.ari.play(f"channels/{self.call.channel_id}", f"sound:{prompt}",
+                            playback_id=playback_id)
+        deadline = asyncio.get_running_loop().time() + self.app.settings.prompt_max_s
+        while True:
+            event = await self.next_event(deadline)
+            self._check_caller()
+            if event is None:
+                break
+            if isinstance(event, PlaybackEvent) and event.playback.id == playback_id and (
+                    event.type == "PlaybackFinished"):
+                break
+        self.log_event(EventKind.PLAYED, prompt=prompt)
+
+    async def _voicemail(self, box: str) -> bool:
+        """Record a message for ``box``; True when the caller left one."""
+        name = f"{self.call.call_id}-voicemail"
+        started = self.app.clock()
+        try:
+            await self.ari.record(f"channels/{self.call.channel_id}", name,
+                                  fmt=self.app.settings.recording_format,
+                                  max_duration_s=self.app.settings.voicemail_max_s,
+                                  if_exists="overwrite", beep=True, terminate_on="#")
+        except AriNotFound as exc:
+            raise CallerGone from exc
+        self.log_event(EventKind.RECORDING_STARTED, name=name, box=box, voicemail=True)
+        kept = await self._keep_recording(name, started)
+        with contextlib.suppress(AriNotFound):
+            await self.ari.hangup(self.call.channel_id, "normal")
+        return kept
+
+    # -- the end -------------------------------------------------------------------
+    async def _cleanup(self) -> None:
+        """Nothing outlives the call: legs hung up, bridges destroyed, managers freed."""
+        for leg in self.legs.values():
+            if not leg.ended:
+                await self._safe(self._hangup_leg(leg, "normal", "call ended"))
+        for bridge_id in list(self.bridges):
+            await self._safe(self.ari.destroy_bridge(bridge_id))
+        self.bridges.clear()
+        self.app.phones.release_all(self.call.call_id)
+
+    @staticmethod
+    async def _safe(coro: Coroutine[Any, Any, None]) -> None:
+        with contextlib.suppress(AriError):
+            await coro
+
+    async def _wait_until_left(self) -> datetime:
+        """When the caller's channel left the app (or now, if it already had)."""
+        if self.caller_gone is not None:
+            return self.caller_gone.at
+        deadline = asyncio.get_running_loop().time() + 10.0
+        while self.caller_gone is None:
+            if await self.next_event(deadline) is None:
+                log.warning("call %s: caller's channel did not leave the app in 10 s",
+                            self.call.call_id)
+                return self.app.clock()
+        return self.caller_gone.at
+
+
+def _cause_name(cause: int, text: str) -> str:
+    names = {16: "hung up", 17: "busy", 18: "no answer", 19: "no answer", 20: "unreachable",
+             21: "rejected", 0: "failed", 1: "unallocated number", 3: "no route",
+             34: "congestion", 38: "network out of order"}
+    return names.get(cause, text or f"cause {cause}")
+
+
+def _describe_step(step: Ring | Play | Voicemail | Reject) -> dict[str, object]:
+    match step:
+        case Ring(targets=targets, mode=mode, timeout_s=timeout_s):
+            return {"ring": [f"{t.staff_id}:{t.kind}" for t in targets], "mode": mode.value,
+                    "timeout_s": timeout_s, "why": step.why}
+        case Play(prompt=prompt):
+            return {"play": prompt, "why": step.why}
+        case Voicemail(box=box):
+            return {"voicemail": box, "why": step.why}
+        case Reject(cause=cause):
+            return {"reject": cause, "why": step.why}
 
 
 class StasisApp:
     """Routes ARI events to call sessions; re-syncs after a reconnect; stops cleanly."""
 
-    def __init__(self, ari: AriClient, journal: Journal, settings: StasisSettings,
-                 *, clock: Clock = utcnow) -> None:
+    def __init__(self, ari: AriClient, journal: Journal, *, router: Router,
+                 phones: PhoneStates, recordings: RecordingDirectory,
+                 settings: StasisSettings, clock: Clock = utcnow) -> None:
         self.ari = ari
         self.journal = journal
+        self.router = router
+        self.phones = phones
+        self.recordings = recordings
         self.settings = settings
         self.clock = clock
-        self._by_channel: dict[str, CallSession] = {}
+        self._routes: dict[str, CallSession] = {}  # channel/bridge/playback id -> session
+        self._sessions: dict[str, CallSession] = {}  # call id -> session
         self._tasks: set[asyncio.Task[None]] = set()
         self.accepting = True
         self.calls_started = 0
@@ -141,7 +540,11 @@ class StasisApp:
     @property
     def active_calls(self) -> int:
         """Calls pbxbrain is handling right now."""
-        return len(self._tasks)
+        return len(self._sessions)
+
+    def route(self, resource_id: str, session: CallSession) -> None:
+        """Send the events of a channel, bridge or playback to a session."""
+        self._routes[resource_id] = session
 
     # -- events (sync, from the websocket reader) ---------------------------
     def on_event(self, event: AriEvent) -> None:
@@ -149,21 +552,34 @@ class StasisApp:
         match event:
             case StasisStart(channel=channel, args=args):
                 self._stasis_start(channel, args, event)
+                return
+            case PlaybackEvent(playback=playback):
+                key = playback.id
+            case RecordingEvent(recording=recording):
+                key = recording.target_uri.partition(":")[2]
             case _:
                 channel_obj = getattr(event, "channel", None)
-                if isinstance(channel_obj, Channel):
-                    session = self._by_channel.get(channel_obj.id)
-                    if session is not None:
-                        session.feed(event)
+                if not isinstance(channel_obj, Channel):
+                    return
+                key = channel_obj.id
+        session = self._routes.get(key)
+        if session is not None:
+            session.feed(event)
 
     def _stasis_start(self, channel: Channel, args: tuple[str, ...], event: StasisStart) -> None:
-        if channel.id in self._by_channel:
-            self._by_channel[channel.id].feed(event)
-            return
-        if not self.accepting:
-            self._spawn(self.rescue(channel.id, None), None)
+        if channel.id in self._routes:
+            self._routes[channel.id].feed(event)
             return
         match args:
+            case ["leg", call_id]:
+                # A leg whose call is gone (or unknown after a restart): hang it up.
+                log.info("leg %s of finished call %s answered late; hanging up", channel.id,
+                         call_id)
+                self._spawn(self._safe_hangup(channel.id), None)
+                return
+            case _ if not self.accepting:
+                self._spawn(self.rescue(channel.id, None), None)
+                return
             case ["inbound", dialed]:
                 direction = Direction.INBOUND
             case ["internal", dialed]:
@@ -188,14 +604,15 @@ class StasisApp:
             node=self.settings.node,
         )
         session = CallSession(self, call)
-        self._by_channel[channel.id] = session
+        self._routes[channel.id] = session
+        self._sessions[call.call_id] = session
         self.calls_started += 1
         log.info("call %s: %s %s -> %s (channel %s)", call.call_id, direction.value,
                  call.caller, dialed, channel.name)
         self._spawn(session.run(), session)
 
-    def _spawn(self, coro: asyncio.Future[None] | object, session: CallSession | None) -> None:
-        task: asyncio.Task[None] = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+    def _spawn(self, coro: Coroutine[Any, Any, None], session: CallSession | None) -> None:
+        task = asyncio.create_task(coro)
         self._tasks.add(task)
         if session is not None:
             session.task = task
@@ -203,7 +620,9 @@ class StasisApp:
         def done(t: asyncio.Task[None]) -> None:
             self._tasks.discard(t)
             if session is not None:
-                self._by_channel.pop(session.call.channel_id, None)
+                self._sessions.pop(session.call.call_id, None)
+                for key in [k for k, s in self._routes.items() if s is session]:
+                    del self._routes[key]
             if not t.cancelled() and t.exception() is not None:
                 log.error("call task crashed", exc_info=t.exception())
 
@@ -236,10 +655,14 @@ class StasisApp:
         with contextlib.suppress(AriError):
             await self.ari.continue_in_dialplan(channel_id)
 
+    async def _safe_hangup(self, channel_id: str) -> None:
+        with contextlib.suppress(AriError):
+            await self.ari.hangup(channel_id, "normal")
+
     # -- link up/down ------------------------------------------------------------
     async def on_link(self, up: bool) -> None:
-        """After a reconnect, take back calls still in the app; drop sessions whose
-        channels are gone (Asterisk restarted under them)."""
+        """After a reconnect, drop what vanished while ARI was down (Asterisk restarted
+        under the calls): their sessions see the caller's channel destroyed."""
         if not up:
             return
         try:
@@ -247,19 +670,22 @@ class StasisApp:
         except AriError as exc:
             log.warning("re-sync after reconnect failed: %s", exc)
             return
-        for channel_id, session in list(self._by_channel.items()):
-            if channel_id not in alive:
-                log.warning("call %s: channel %s vanished while ARI was down",
-                            session.call.call_id, channel_id)
-                session.feed(ChannelDestroyed("ChannelDestroyed", self.clock(), {},
-                                              _gone_channel(channel_id), 0, "vanished"))
+        for session in list(self._sessions.values()):
+            for channel_id in [session.call.channel_id, *session.legs]:
+                if channel_id not in alive:
+                    session.feed(ChannelDestroyed("ChannelDestroyed", self.clock(), {},
+                                                  _gone_channel(channel_id), 0, "vanished"))
 
     async def stop(self, timeout_s: float = 5.0) -> None:
-        """Stop taking calls; hand live callers to the dialplan; wait for the sessions."""
+        """Stop taking calls; hand ringing callers to the dialplan; wait for the sessions.
+
+        Calls already bridged go on in Asterisk (the bridge holds them) and are closed in
+        the journal when their session notices the end, or by the deadline.
+        """
         self.accepting = False
-        for channel_id, session in list(self._by_channel.items()):
-            if not session.left_app and not session.caller_gone:
-                await self.rescue(channel_id, session.call.call_id)
+        for session in list(self._sessions.values()):
+            if session.caller_gone is None and not session.bridges and session.task:
+                session.task.cancel()
         if self._tasks:
             _, pending = await asyncio.wait(set(self._tasks), timeout=timeout_s)
             for task in pending:

@@ -11,6 +11,9 @@ The executor (``adapters/stasis.py``) runs a plan's steps in order on ARI:
 
 When every step ran and nobody answered, the call is ``unanswered_outcome`` (missed,
 after_hours, rejected) and, unless rejected, a missed-call task goes to ``responsible``.
+A plan with ``fallback`` set hands the call to the dialplan fallback
+(``asterisk.fallback_context``) when its steps are done, instead of hanging up: so far only
+an unknown line's plan, which has no steps (pbxbrain has no rules for that number).
 """
 
 from __future__ import annotations
@@ -102,6 +105,7 @@ class Plan:
     notes: tuple[str, ...] = ()  # human-readable explanation, in order
     assign_sticky: str | None = None  # remember this manager for the caller (sticky)
     cursor_used: Mapping[str, int] = field(default_factory=dict)  # department -> position
+    fallback: bool = False  # hand the call to the dialplan fallback when the steps are done
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,9 +26,10 @@ if TYPE_CHECKING:
 # The zone's offset is probed this often to find DST changes; zones change at most twice a
 # year, never twice within a few hours.
 _PROBE = timedelta(hours=6)
-# Beyond the holidays still to come, how many days to look ahead for an opening: every open
-# weekday comes back within a week; the second week covers a range lost to a DST jump.
-_SPARE_DAYS = 15
+# How far to look ahead for an opening: an open weekday comes back every 7 days, and each
+# holiday still to come can take one of those turns; one more week covers a range lost to
+# a DST jump.
+_WEEK = 7
 
 
 def _utc(now: datetime) -> datetime:
@@ -57,7 +58,7 @@ def next_opening(schedule: Schedule, now: datetime) -> datetime | None:
         return None
     zone = schedule.zone()
     today = now.astimezone(zone).date()
-    days = sum(1 for holiday in schedule.holidays if holiday >= today) + _SPARE_DAYS
+    days = _WEEK * (sum(1 for holiday in schedule.holidays if holiday >= today) + 2)
     # From the day before: where clocks go back at midnight, a later instant can have an
     # earlier local date.
     candidates = [

@@ -1,0 +1,153 @@
+"""Inbound routing on the real Asterisk: SIPp callers behind the trunk, SIPp phones.
+
+Phones: 101 ivanov, 102 petrov, 103 sidorov (department sales, round-robin, 3 s each),
+104 kuznetsov (head), 105 orlov (never registered). Lines are in tests/e2e/pbxbrain.yaml.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from pbxbrain.domain.model import CallOutcome, EventKind
+from tests.e2e.conftest import JournalReader
+from tests.support.asterisk import Phone, Sandbox, SippResult
+from tests.support.daemon import Daemon
+
+pytestmark = pytest.mark.asterisk
+
+ROUND_ROBIN = "74951000001"
+RING_ALL = "74951000002"
+AFTER_HOURS = "74951000003"
+UNREGISTERED_FIRST = "74951000004"
+
+
+def finish(*phones: Phone) -> list[SippResult]:
+    """Wait for every phone; each must have played its part exactly."""
+    results = [p.wait() for p in phones]
+    for phone, result in zip(phones, results, strict=True):
+        assert result.ok, f"phone {phone.extension}:\n{result.output}\n{result.errors}"
+    return results
+
+
+def events(journal: JournalReader, call_id: str, kind: EventKind) -> list[dict[str, object]]:
+    return [dict(e.data) for e in journal.journal(call_id) if e.kind is kind]
+
+
+def test_given_round_robin_when_first_manager_answers_then_bridged_and_recorded(
+    daemon: Daemon, live_asterisk: Sandbox, journal: JournalReader
+) -> None:
+    ivanov = live_asterisk.phone("101")
+    caller = live_asterisk.call_from_pstn(ROUND_ROBIN, "+79161000001", "caller_waits.xml",
+                                          talk_ms=2000)
+    finish(ivanov)
+    assert caller.ok, caller.output
+
+    call = journal.wait_closed_call("+79161000001")
+    assert call.outcome is CallOutcome.ANSWERED
+    assert call.answered_by == "ivanov"
+    assert call.line == "+74951000001"
+    assert [e["staff"] for e in events(journal, call.call_id, EventKind.RINGING)] == ["ivanov"]
+    (rec,) = journal.recordings(call.call_id)
+    path = daemon.recordings / rec.path
+    assert path.is_file()
+    assert rec.size_bytes == path.stat().st_size
+    assert rec.duration_s is not None
+    assert 1.5 <= rec.duration_s <= 4.0, rec  # the caller talked for 2 s
+
+
+def test_given_busy_and_unanswered_phones_then_the_next_manager_gets_the_call(
+    daemon: Daemon, live_asterisk: Sandbox, journal: JournalReader
+) -> None:
+    ivanov = live_asterisk.phone("101", "phone_busy.xml")
+    petrov = live_asterisk.phone("102", "phone_no_answer.xml")
+    sidorov = live_asterisk.phone("103")
+    caller = live_asterisk.call_from_pstn(ROUND_ROBIN, "+79161000002", "caller_waits.xml",
+                                          talk_ms=500)
+    finish(ivanov, petrov, sidorov)
+    assert caller.ok, caller.output
+
+    call = journal.wait_closed_call("+79161000002")
+    assert call.outcome is CallOutcome.ANSWERED
+    assert call.answered_by == "sidorov"
+    ended = {e["staff"]: e["reason"] for e in events(journal, call.call_id,
+                                                      EventKind.LEG_ENDED)}
+    assert ended == {"ivanov": "busy", "petrov": "no answer in time"}
+
+
+def test_given_an_unregistered_phone_then_it_is_skipped_and_the_next_step_rings(
+    daemon: Daemon, live_asterisk: Sandbox, journal: JournalReader
+) -> None:
+    ivanov = live_asterisk.phone("101")
+    caller = live_asterisk.call_from_pstn(UNREGISTERED_FIRST, "+79161000003",
+                                          "caller_waits.xml", talk_ms=500)
+    finish(ivanov)
+    assert caller.ok, caller.output
+
+    call = journal.wait_closed_call("+79161000003")
+    assert call.answered_by == "ivanov"
+    (routed,) = events(journal, call.call_id, EventKind.ROUTED)
+    assert routed["skipped"] == {"orlov": "offline"}
+
+
+def test_given_ring_all_when_both_answer_at_once_then_exactly_one_wins(
+    daemon: Daemon, live_asterisk: Sandbox, journal: JournalReader
+) -> None:
+    ivanov = live_asterisk.phone("101")
+    petrov = live_asterisk.phone("102")
+    caller = live_asterisk.call_from_pstn(RING_ALL, "+79161000004", "caller_waits.xml",
+                                          talk_ms=1000)
+    finish(ivanov, petrov)  # both answered; the loser was hung up (BYE) at once
+    assert caller.ok, caller.output
+
+    call = journal.wait_closed_call("+79161000004")
+    assert call.outcome is CallOutcome.ANSWERED
+    assert call.answered_by in {"ivanov", "petrov"}
+    loser = ({"ivanov", "petrov"} - {call.answered_by}).pop()
+    ended = {e["staff"]: e["reason"] for e in events(journal, call.call_id,
+                                                      EventKind.LEG_ENDED)}
+    assert ended == {loser: "answered elsewhere"}
+    assert len(events(journal, call.call_id, EventKind.BRIDGED)) == 1
+
+
+def test_given_the_caller_hangs_up_while_ringing_then_abandoned_and_no_leg_left(
+    daemon: Daemon, live_asterisk: Sandbox, journal: JournalReader
+) -> None:
+    ivanov = live_asterisk.phone("101", "phone_no_answer.xml")
+    caller = live_asterisk.call_from_pstn(ROUND_ROBIN, "+79161000005",
+                                          "caller_hangs_up_while_ringing.xml", ring_ms=1000)
+    finish(ivanov)  # its INVITE was cancelled
+    assert caller.ok, caller.output
+
+    call = journal.wait_closed_call("+79161000005")
+    assert call.outcome is CallOutcome.ABANDONED
+    assert call.answered_by is None
+    live_asterisk.wait_idle(timeout_s=5)
+
+
+def test_given_a_blacklisted_caller_then_rejected_busy_without_ringing_anyone(
+    daemon: Daemon, live_asterisk: Sandbox, journal: JournalReader
+) -> None:
+    caller = live_asterisk.call_from_pstn(ROUND_ROBIN, "+79000000000", "caller_rejected.xml")
+    assert caller.ok, caller.output
+
+    call = journal.wait_closed_call("+79000000000")
+    assert call.outcome is CallOutcome.REJECTED
+    assert not events(journal, call.call_id, EventKind.RINGING)
+    assert not journal.recordings(call.call_id)
+
+
+def test_given_after_hours_then_greeting_and_voicemail_is_kept(
+    daemon: Daemon, live_asterisk: Sandbox, journal: JournalReader
+) -> None:
+    caller = live_asterisk.call_from_pstn(AFTER_HOURS, "+79161000006", "caller_waits.xml",
+                                          talk_ms=8000)
+    assert caller.ok, caller.output
+
+    call = journal.wait_closed_call("+79161000006")
+    assert call.outcome is CallOutcome.VOICEMAIL
+    assert [e["prompt"] for e in events(journal, call.call_id, EventKind.PLAYED)] == [
+        "vm-nobodyavail"]
+    (rec,) = journal.recordings(call.call_id)
+    assert (daemon.recordings / rec.path).is_file()
+    assert rec.duration_s is not None
+    assert rec.duration_s > 1.0, rec
