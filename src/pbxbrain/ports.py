@@ -5,15 +5,17 @@ Concrete adapters live in ``pbxbrain.adapters``; unit tests use small hand-writt
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Protocol
 
 from pbxbrain.domain.model import (
     CallOutcome,
     CallSummary,
+    Contact,
     InboundCall,
     JournalEntry,
+    MissedCall,
     OutboxMessage,
     PendingDelivery,
     RecordingInfo,
@@ -118,3 +120,31 @@ class PhoneStates(Protocol):
 
     def release_all(self, call_id: str) -> None:
         """Let every manager held by a call go."""
+
+
+class CrmUnavailable(Exception):
+    """The CRM did not answer, answered an error, or answered nonsense; retry later."""
+
+
+class Crm(Protocol):
+    """One CRM behind one port: built-in (pbxbrain's DB), webhook, Bitrix24.
+
+    Every method is idempotent where the outbox may call it twice (``key``).
+    """
+
+    async def find_contact(self, phone: str) -> Contact | None:
+        """The contact and its owner for an E.164 number, or None. Raises CrmUnavailable."""
+
+    async def missed_call(self, missed: MissedCall, key: str) -> None:
+        """Make sure a contact exists and an open task for ``missed.responsible`` holds
+        this call (create it, or update the number's open task)."""
+
+    async def called_back(self, phone: str, call_id: str, by: str | None, at: datetime,
+                          key: str) -> None:
+        """A manager talked to ``phone``: close its open task (if the CRM supports it)."""
+
+    async def log_call(self, call: CallSummary, recording_url: str | None, key: str) -> None:
+        """Record a finished call (with a link to its recording) in the CRM."""
+
+    async def screen_pop(self, event: Mapping[str, object]) -> None:
+        """A manager's phone started ringing: tell the CRM widget (best effort, no retry)."""

@@ -143,3 +143,58 @@ class RecordingInfo:
     started_at: datetime
     duration_s: float | None = None
     size_bytes: int | None = None
+
+
+class TaskStatus(enum.StrEnum):
+    """A missed-call task's state."""
+
+    OPEN = "open"
+    DONE = "done"  # the manager called back (or closed it by hand)
+
+
+@dataclass(frozen=True, slots=True)
+class Contact:
+    """A client as pbxbrain knows it: phone (E.164), name, responsible manager (staff id).
+
+    ``crm_ref`` is the contact's id in an external CRM, when there is one.
+    """
+
+    phone: str
+    name: str = ""
+    owner: str | None = None
+    crm_ref: str | None = None
+    source: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MissedCall:
+    """What the outbox delivers for a call nobody answered (payload of ``missed_call``)."""
+
+    call_id: str
+    phone: str  # the caller, E.164 (or raw when unparseable)
+    outcome: CallOutcome  # missed | abandoned | after_hours | voicemail
+    at: datetime  # when the call ended
+    due_at: datetime  # call back before this
+    responsible: str | None  # staff id
+    line: str | None = None
+    source: str | None = None
+    recording: str | None = None  # recording id (voicemail), for the task's link
+
+
+@dataclass(frozen=True, slots=True)
+class Task:
+    """A missed-call task: call ``phone`` back, ``responsible`` does it by ``due_at``.
+
+    Repeated misses from the same number while a task is open update it (``misses``).
+    """
+
+    task_id: str
+    phone: str
+    responsible: str | None
+    due_at: datetime
+    status: TaskStatus
+    created_at: datetime
+    misses: int = 1
+    last_call_id: str | None = None
+    closed_at: datetime | None = None
+    crm_ref: str | None = None
