@@ -53,6 +53,7 @@ class Daemon:
         self.stasis = StasisApp(
             self.ari,
             self.journal,
+            store=self.store,
             router=self.router,
             phones=self.presence,
             recordings=self.recordings,
@@ -65,6 +66,7 @@ class Daemon:
         )
         self.events = AriEventStream(self.ari, self.stasis.on_event, self.stasis.on_link)
         self.db_ready = asyncio.Event()
+        self.stasis.db_ready = self.db_ready
         self.db_error = "migrations not applied yet"
         self._tasks: list[asyncio.Task[None]] = []
         self._runner: web.AppRunner | None = None

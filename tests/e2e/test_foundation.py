@@ -78,3 +78,37 @@ def test_given_pbxbrain_is_down_then_the_dialplan_fallback_still_answers_the_cal
         phone.stop()
     assert result.ok, f"caller was not answered by the fallback:\n{result.output}"
     assert answered.ok, f"phone 101 did not get the fallback call:\n{answered.output}"
+
+
+def test_given_pbxbrain_is_killed_while_ringing_then_the_restart_hands_the_caller_to_the_fallback(
+    daemon: Daemon, live_asterisk: Sandbox, journal: JournalReader
+) -> None:
+    ivanov = live_asterisk.phone("101", "phone_no_answer.xml")  # rings, never answers
+    caller = live_asterisk.call_in_background(DID, "+79164445566", "caller_waits.xml",
+                                              talk_ms=500)
+    try:
+        def ringing() -> str | None:
+            calls = journal.calls("+79164445566")
+            if calls and any(e.kind is EventKind.RINGING
+                             for e in journal.journal(calls[0].call_id)):
+                return calls[0].call_id
+            return None
+
+        call_id = wait_for("pbxbrain to ring ivanov", ringing)
+        daemon.kill()  # SIGKILL: no goodbye, the caller sits in the Stasis app
+        petrov = live_asterisk.phone("102")  # the dialplan fallback rings 101 & 102
+        daemon.start()
+        daemon.wait_ready()
+
+        assert ivanov.wait().ok  # its ringing leg was hung up after the restart
+        assert petrov.wait().ok  # the fallback reached him; he talked to the caller
+        result = caller.wait()
+        assert result.ok, result.output
+    finally:
+        caller.stop()
+        ivanov.stop()
+
+    call = journal.wait_closed_call("+79164445566")
+    assert call.call_id == call_id
+    assert call.outcome is CallOutcome.DIALPLAN
+    assert EventKind.RECOVERED in [e.kind for e in journal.journal(call_id)]

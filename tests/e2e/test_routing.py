@@ -6,11 +6,13 @@ Phones: 101 ivanov, 102 petrov, 103 sidorov (department sales, round-robin, 3 s 
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import pytest
 
-from pbxbrain.domain.model import CallOutcome, EventKind
+from pbxbrain.domain.model import CallOutcome, CallSummary, EventKind
 from tests.e2e.conftest import JournalReader
-from tests.support.asterisk import Phone, Sandbox, SippResult
+from tests.support.asterisk import Phone, Sandbox, SippResult, wait_for
 from tests.support.daemon import Daemon
 
 pytestmark = pytest.mark.asterisk
@@ -151,3 +153,57 @@ def test_given_after_hours_then_greeting_and_voicemail_is_kept(
     assert (daemon.recordings / rec.path).is_file()
     assert rec.duration_s is not None
     assert rec.duration_s > 1.0, rec
+
+
+def test_given_20_concurrent_calls_then_round_robin_never_doubles_up_a_manager(
+    daemon: Daemon, live_asterisk: Sandbox, journal: JournalReader
+) -> None:
+    phones = [live_asterisk.phone(ext, calls=None, timeout_s=60) for ext in ("101", "102",
+                                                                            "103")]
+    try:
+        caller = live_asterisk.call_from_pstn(ROUND_ROBIN, "+79161000020",
+                                              "caller_any_outcome.xml", calls=20, rate=10,
+                                              limit=20, timeout_s=60, talk_ms=1000)
+    finally:
+        for phone in phones:
+            phone.stop()
+    assert caller.ok, caller.output  # every call answered or cleanly refused
+
+    def all_closed() -> list[CallSummary] | None:
+        calls = journal.calls("+79161000020")
+        return calls if len(calls) == 20 and all(c.outcome for c in calls) else None
+
+    calls = wait_for("20 closed calls", all_closed, timeout_s=20)
+    answered = [c for c in calls if c.outcome is CallOutcome.ANSWERED]
+    assert {c.answered_by for c in answered} == {"ivanov", "petrov", "sidorov"}
+    for manager in ("ivanov", "petrov", "sidorov"):
+        talks = sorted((c.answered_at, c.ended_at) for c in answered if c.answered_by == manager)
+        for (_, end), (start, _) in pairwise(talks):
+            assert end is not None
+            assert start is not None
+            assert end <= start, f"{manager} had two calls at once"
+    for call in calls:
+        if call.outcome is not CallOutcome.ANSWERED:
+            assert call.outcome is CallOutcome.MISSED
+            (routed,) = events(journal, call.call_id, EventKind.ROUTED)
+            # Missed only when nobody was free at the moment of the decision, or when the
+            # one it rang was taken by a concurrent call in between.
+            rang = events(journal, call.call_id, EventKind.RINGING)
+            skipped = routed["skipped"]
+            assert isinstance(skipped, dict)
+            assert set(skipped) | {e["staff"] for e in rang} >= {"ivanov", "petrov",
+                                                                  "sidorov"}, routed
+
+
+def test_given_an_unknown_number_then_the_dialplan_fallback_takes_the_call(
+    daemon: Daemon, live_asterisk: Sandbox, journal: JournalReader
+) -> None:
+    ivanov = live_asterisk.phone("101")  # the fallback group is 101 & 102
+    caller = live_asterisk.call_from_pstn("74951999999", "+79161000007", "caller_waits.xml",
+                                          talk_ms=300)
+    finish(ivanov)
+    assert caller.ok, caller.output
+    call = journal.wait_closed_call("+79161000007")
+    assert call.outcome is CallOutcome.DIALPLAN
+    (routed,) = events(journal, call.call_id, EventKind.ROUTED)
+    assert routed["rule"] == "unknown_line"

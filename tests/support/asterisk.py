@@ -134,19 +134,37 @@ class Sandbox:
         err_path.unlink(missing_ok=True)
         return SippResult(proc.returncode, proc.stdout[-3000:] + proc.stderr[-2000:], err_text)
 
-    def phone(self, extension: str, scenario: str = "phone_answers.xml", *, calls: int = 1,
-              timeout_s: float = 30.0) -> Phone:
-        """Start a manager's desk phone (SIPp UAS) on 127.0.0.1:51NN for ``extension`` 1NN."""
+    def phone(self, extension: str, scenario: str = "phone_answers.xml", *,
+              calls: int | None = 1, timeout_s: float = 30.0) -> Phone:
+        """Start a manager's desk phone (SIPp UAS) on 127.0.0.1:51NN for ``extension`` 1NN.
+
+        ``calls=None``: it takes any number of calls, until ``stop()``.
+        """
         port = 5060 + int(extension)
         errors = f"/tmp/sipp-phone-{extension}-{time.monotonic_ns()}.err"
         cmd = ["chroot", str(self.root), "sipp", "-sf", f"{SCENARIO_DIR_IN_CHROOT}/{scenario}",
-               "-nostdin", "-timeout", f"{timeout_s:g}s", "-timeout_error", "-trace_err",
-               "-error_file", errors, "-i", "127.0.0.1", "-p", str(port), "-m", str(calls)]
+               "-nostdin", "-timeout", f"{timeout_s:g}s", "-trace_err",
+               "-error_file", errors, "-i", "127.0.0.1", "-p", str(port)]
+        if calls is not None:
+            cmd += ["-m", str(calls), "-timeout_error"]
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         wait_for(f"phone {extension} (SIPp) to listen on 127.0.0.1:{port}",
                  lambda: proc.poll() is not None or udp_port_taken("127.0.0.1", port), 10)
         assert proc.poll() is None, f"phone {extension} (SIPp) exited at start"
         return Phone(extension, proc, self.root / errors.lstrip("/"), timeout_s)
+
+    def call_in_background(self, did: str, caller: str, scenario: str, *,
+                           timeout_s: float = 30.0, **keys: str | int) -> Phone:
+        """Like call_from_pstn, but SIPp runs in the background; ``wait()`` for it."""
+        errors = f"/tmp/sipp-caller-{time.monotonic_ns()}.err"
+        cmd = ["chroot", str(self.root), "sipp", "-sf", f"{SCENARIO_DIR_IN_CHROOT}/{scenario}",
+               "-nostdin", "-timeout", f"{timeout_s:g}s", "-timeout_error", "-trace_err",
+               "-error_file", errors, "127.0.0.1:5060", "-i", "127.0.0.2", "-m", "1",
+               "-s", did, "-key", "caller", caller]
+        for name, value in keys.items():
+            cmd += ["-key", name, str(value)]
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        return Phone("caller", proc, self.root / errors.lstrip("/"), timeout_s)
 
     def call_from_pstn(self, did: str, caller: str,
                        scenario: str = "caller_answered_remote_bye.xml", *, calls: int = 1,

@@ -100,6 +100,8 @@ class Channel:
     created: datetime
     language: str = "en"
     variables: Mapping[str, str] = field(default_factory=dict)
+    app_name: str = ""  # the dialplan application running (``Stasis``)
+    app_data: str = ""  # its arguments (``pbxbrain,inbound,74951234567``)
 
     @classmethod
     def parse(cls, obj: Mapping[str, Any]) -> Channel:
@@ -116,6 +118,8 @@ class Channel:
             created=_ts(obj.get("creationtime")),
             language=_s(obj, "language") or "en",
             variables={str(k): str(v) for k, v in (obj.get("channelvars") or {}).items()},
+            app_name=_s(plan, "app_name"),
+            app_data=_s(plan, "app_data"),
         )
 
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import uuid
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
@@ -55,10 +56,13 @@ from pbxbrain.adapters.recordings import RecordingDirectory
 from pbxbrain.domain.model import CallOutcome, Direction, EventKind, InboundCall, RecordingInfo
 from pbxbrain.domain.phone import normalize_caller
 from pbxbrain.domain.plan import Plan, Play, Reject, Ring, RingMode, Target, Voicemail
-from pbxbrain.ports import PhoneStates
+from pbxbrain.ports import CallStore, PhoneStates
 from pbxbrain.service import Journal, Router
 
 log = logging.getLogger(__name__)
+
+#: Channel ids pbxbrain gives the legs it originates: ``<call id>-<n>``.
+_LEG_ID = re.compile(r"[0-9a-f]{32}-[0-9]+")
 
 Clock = Callable[[], datetime]
 
@@ -173,7 +177,7 @@ class CallSession:
                            skipped={s.staff_id: s.reason for s in plan.skipped},
                            responsible=plan.responsible)
             if plan.fallback:
-                await self.app.rescue(call.channel_id, call.call_id)
+                await self.app.rescue(call.channel_id, call.call_id, call.dialed)
                 outcome = CallOutcome.DIALPLAN
             else:
                 outcome, answered_by = await self.execute(plan)
@@ -183,7 +187,7 @@ class CallSession:
             # pbxbrain is stopping: the caller goes to the dialplan's fallback, not silence.
             await self._cleanup()
             if self.caller_gone is None:
-                await self.app.rescue(call.channel_id, call.call_id)
+                await self.app.rescue(call.channel_id, call.call_id, call.dialed)
             self.journal.closed(call.call_id, CallOutcome.DIALPLAN, self.app.clock(),
                                 data={"reason": "pbxbrain stopping"})
             raise
@@ -194,7 +198,7 @@ class CallSession:
                           call.channel_id)
             self.log_event(EventKind.ERROR, error=repr(exc))
             if self.caller_gone is None:
-                await self.app.rescue(call.channel_id, call.call_id)
+                await self.app.rescue(call.channel_id, call.call_id, call.dialed)
                 outcome = CallOutcome.DIALPLAN
             else:
                 outcome = CallOutcome.ABANDONED
@@ -521,11 +525,12 @@ def _describe_step(step: Ring | Play | Voicemail | Reject) -> dict[str, object]:
 class StasisApp:
     """Routes ARI events to call sessions; re-syncs after a reconnect; stops cleanly."""
 
-    def __init__(self, ari: AriClient, journal: Journal, *, router: Router,
+    def __init__(self, ari: AriClient, journal: Journal, *, store: CallStore, router: Router,
                  phones: PhoneStates, recordings: RecordingDirectory,
                  settings: StasisSettings, clock: Clock = utcnow) -> None:
         self.ari = ari
         self.journal = journal
+        self.store = store
         self.router = router
         self.phones = phones
         self.recordings = recordings
@@ -536,6 +541,7 @@ class StasisApp:
         self._tasks: set[asyncio.Task[None]] = set()
         self.accepting = True
         self.calls_started = 0
+        self.db_ready: asyncio.Event | None = None  # recovery waits for migrations
 
     @property
     def active_calls(self) -> int:
@@ -578,7 +584,7 @@ class StasisApp:
                 self._spawn(self._safe_hangup(channel.id), None)
                 return
             case _ if not self.accepting:
-                self._spawn(self.rescue(channel.id, None), None)
+                self._spawn(self.rescue(channel.id, None, channel.exten), None)
                 return
             case ["inbound", dialed]:
                 direction = Direction.INBOUND
@@ -629,12 +635,17 @@ class StasisApp:
         task.add_done_callback(done)
 
     # -- safety nets -----------------------------------------------------------
-    async def rescue(self, channel_id: str, call_id: str | None) -> None:
-        """Never leave a caller in silence: fallback context, else hang up."""
+    async def rescue(self, channel_id: str, call_id: str | None, extension: str) -> None:
+        """Never leave a caller in silence: fallback context, else hang up.
+
+        ``extension`` is the number the caller dialed: ARI's continue defaults to ``s``,
+        which the fallback context does not have.
+        """
         context = self.settings.fallback_context
         try:
             if context:
-                await self.ari.continue_in_dialplan(channel_id, context=context)
+                await self.ari.continue_in_dialplan(channel_id, context=context,
+                                                    extension=extension, priority=1)
             else:
                 await self.ari.continue_in_dialplan(channel_id)
             if call_id:
@@ -661,20 +672,69 @@ class StasisApp:
 
     # -- link up/down ------------------------------------------------------------
     async def on_link(self, up: bool) -> None:
-        """After a reconnect, drop what vanished while ARI was down (Asterisk restarted
-        under the calls): their sessions see the caller's channel destroyed."""
+        """After each (re)connect, re-sync with Asterisk (events were missed meanwhile).
+
+        * Our sessions whose channels vanished (Asterisk restarted under them) see them
+          destroyed and end.
+        * Channels sitting in this app that no session owns (pbxbrain was killed or
+          restarted mid-call): callers go to the dialplan fallback, legs are hung up,
+          and their calls are closed in the journal (see ``recover_orphans``).
+        """
         if not up:
             return
         try:
-            alive = {c.id for c in await self.ari.channels()}
+            channels = await self.ari.channels()
         except AriError as exc:
             log.warning("re-sync after reconnect failed: %s", exc)
             return
+        alive = {c.id for c in channels}
         for session in list(self._sessions.values()):
             for channel_id in [session.call.channel_id, *session.legs]:
                 if channel_id not in alive:
                     session.feed(ChannelDestroyed("ChannelDestroyed", self.clock(), {},
                                                   _gone_channel(channel_id), 0, "vanished"))
+        orphans = [c for c in channels if c.id not in self._routes and self._ours(c)]
+        self._spawn(self.recover_orphans(orphans), None)
+
+    def _ours(self, channel: Channel) -> bool:
+        app, _, _ = channel.app_data.partition(",")
+        return (channel.app_name == "Stasis" and app == self.ari.app) or bool(
+            _LEG_ID.fullmatch(channel.id))
+
+    async def recover_orphans(self, orphans: list[Channel]) -> None:
+        """Take care of calls a previous pbxbrain process left behind."""
+        rescued: set[str] = set()
+        for channel in orphans:
+            args = channel.app_data.split(",")[1:]
+            if _LEG_ID.fullmatch(channel.id) or args[:1] == ["leg"]:
+                log.warning("hanging up leg %s left by a previous run", channel.name)
+                await self._safe_hangup(channel.id)
+            else:
+                log.warning("caller %s (%s) was left in the app by a previous run; sending "
+                            "it to the dialplan fallback", channel.name, channel.caller.number)
+                await self.rescue(channel.id, None, channel.exten)
+                rescued.add(channel.id)
+        if self.db_ready is not None:
+            await self.db_ready.wait()
+        try:
+            open_calls = await self.store.open_calls()
+        except Exception as exc:
+            log.warning("cannot read unfinished calls to recover them: %s", exc)
+            return
+        for call in open_calls:
+            if call.node != self.settings.node or call.call_id in self._sessions:
+                continue
+            now = self.clock()
+            how = ("handed to the dialplan fallback" if call.channel_id in rescued
+                   else "the call ended while pbxbrain was down")
+            self.journal.event(call.call_id, now, EventKind.RECOVERED, how=how)
+            outcome = (CallOutcome.ANSWERED if call.answered_at is not None
+                       else CallOutcome.DIALPLAN if call.channel_id in rescued
+                       else CallOutcome.MISSED)
+            self.journal.closed(call.call_id, outcome, now,
+                                data={"reason": "pbxbrain restarted during the call"})
+            log.warning("call %s from %s: closed as %s after a restart (%s)", call.call_id,
+                        call.caller, outcome.value, how)
 
     async def stop(self, timeout_s: float = 5.0) -> None:
         """Stop taking calls; hand ringing callers to the dialplan; wait for the sessions.
