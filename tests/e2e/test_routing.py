@@ -199,9 +199,10 @@ def test_given_an_unknown_number_then_the_dialplan_fallback_takes_the_call(
     daemon: Daemon, live_asterisk: Sandbox, journal: JournalReader
 ) -> None:
     ivanov = live_asterisk.phone("101")  # the fallback group is 101 & 102
+    petrov = live_asterisk.phone("102", "phone_no_answer.xml")
     caller = live_asterisk.call_from_pstn("74951999999", "+79161000007", "caller_waits.xml",
                                           talk_ms=300)
-    finish(ivanov)
+    finish(ivanov, petrov)
     assert caller.ok, caller.output
     call = journal.wait_closed_call("+79161000007")
     assert call.outcome is CallOutcome.DIALPLAN
