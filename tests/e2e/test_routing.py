@@ -10,7 +10,7 @@ from itertools import pairwise
 
 import pytest
 
-from pbxbrain.domain.model import CallOutcome, CallSummary, EventKind
+from pbxbrain.domain.model import CallOutcome, CallSummary, Direction, EventKind
 from tests.e2e.conftest import JournalReader
 from tests.support.asterisk import Phone, Sandbox, SippResult, wait_for
 from tests.support.daemon import Daemon
@@ -208,3 +208,26 @@ def test_given_an_unknown_number_then_the_dialplan_fallback_takes_the_call(
     assert call.outcome is CallOutcome.DIALPLAN
     (routed,) = events(journal, call.call_id, EventKind.ROUTED)
     assert routed["rule"] == "unknown_line"
+
+
+@pytest.mark.parametrize(
+    ("dialed", "extension", "manager"),
+    [("200", "101", "ivanov"),  # the sales department's short number: round-robin
+     ("102", "102", "petrov")],  # a manager's short number: that manager
+)
+def test_given_a_desk_phone_dials_a_short_number_then_it_rings_who_it_names(
+    daemon: Daemon, live_asterisk: Sandbox, journal: JournalReader, dialed: str,
+    extension: str, manager: str,
+) -> None:
+    phone = live_asterisk.phone(extension)
+    caller = live_asterisk.sipp(
+        "phone_calls.xml", "127.0.0.1:5060", "-i", "127.0.0.1", "-m", "1", "-s", dialed,
+        "-key", "caller", "104", "-key", "password", "change-me-104", "-key", "talk_ms", "300")
+    finish(phone)
+    assert caller.ok, f"{caller.output}\n{caller.errors}"
+
+    call = journal.wait_closed_call("104")
+    assert call.direction is Direction.INTERNAL
+    assert call.dialed == dialed
+    assert call.outcome is CallOutcome.ANSWERED
+    assert call.answered_by == manager
