@@ -40,7 +40,7 @@ sandbox-stop:
 	bash scripts/sandbox.sh stop
 
 lint: venv
-	$(VENV)/bin/ruff check src tests migrations
+	$(VENV)/bin/ruff check src tests migrations bench
 	$(VENV)/bin/mypy
 
 unit: venv
@@ -57,6 +57,9 @@ run: deps venv sandbox
 	PBXBRAIN_DATABASE=sqlite+aiosqlite:///$(STATE)/pbxbrain.db \
 	PBXBRAIN_RECORDINGS_DIR=$(STATE)/recordings \
 	  $(VENV)/bin/pbxbrain run --config $(CONFIG)
+
+bench: deps venv
+	$(PY) bench/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) $(STATE) .mypy_cache .ruff_cache .pytest_cache

@@ -7,6 +7,7 @@ what to try, in which order, for the shapes Asterisk trunks hand us: ``+7495...`
 
 from __future__ import annotations
 
+import functools
 import re
 
 import phonenumbers
@@ -15,10 +16,12 @@ _JUNK = re.compile(r"[\s()\-.]")
 _DIGITS = re.compile(r"\+?[0-9]{1,20}")
 
 
+@functools.lru_cache(maxsize=65536)
 def to_e164(raw: str, default_region: str) -> str | None:
     """The E.164 form of ``raw``, or None when it is not a valid public number.
 
-    Short internal numbers (``101``) and anonymous callers give None.
+    Short internal numbers (``101``) and anonymous callers give None. Cached: parsing is
+    the costliest part of a routing decision, and callers and DIDs repeat.
     """
     text = _JUNK.sub("", raw or "")
     if text.startswith("00"):

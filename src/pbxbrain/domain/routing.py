@@ -44,6 +44,7 @@ randomness. The rules, applied in this order (the first that decides wins):
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
@@ -219,6 +220,13 @@ def cursor_groups(dialed: str, caller: str, config: Config, *,
 # --------------------------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=16384)
+def _desk(staff_id: str, phone: str) -> Target:
+    # Targets are frozen values: one per desk phone serves every decision (a ring-all
+    # department of 20 would otherwise build 20 of them per call).
+    return Target(staff_id, phone)
+
+
 @dataclass
 class _Walk:
     """What one decision has built so far (mutable, private to ``decide``)."""
@@ -229,6 +237,7 @@ class _Walk:
     busy_policy: str = "next"
     steps: list[Step] = field(default_factory=list)
     skipped: list[Skip] = field(default_factory=list)
+    _skipped_set: set[Skip] = field(default_factory=set)
     notes: list[str] = field(default_factory=list)
     rung: dict[str, set[str]] = field(default_factory=dict)  # staff id -> kinds rung
     cursor_used: dict[str, int] = field(default_factory=dict)
@@ -243,7 +252,7 @@ class _Walk:
         """The phone a manager is rung on: his desk phone, else his mobile."""
         staff = self.config.staff[staff_id]
         if staff.phone is not None:
-            return Target(staff_id, staff.phone)
+            return _desk(staff_id, staff.phone)
         return self.mobile(staff_id)
 
     def mobile(self, staff_id: str) -> Target:
@@ -263,18 +272,21 @@ class _Walk:
 
     def skip(self, staff_id: str, reason: str) -> None:
         entry = Skip(staff_id, reason)
-        if entry not in self.skipped:
+        if entry not in self._skipped_set:
+            self._skipped_set.add(entry)
             self.skipped.append(entry)
 
     def free(self, targets: Iterable[Target]) -> tuple[list[Target], list[Skip]]:
         """The targets that can be rung, and the others (also added to ``skipped``)."""
         ok: list[Target] = []
+        taken: set[str] = set()
         left: list[Skip] = []
         for target in targets:
-            twice = any(other.staff_id == target.staff_id for other in ok)
+            twice = target.staff_id in taken
             reason = ALREADY_RUNG if twice else self.unavailable(target)
             if reason is None:
                 ok.append(target)
+                taken.add(target.staff_id)
             else:
                 self.skip(target.staff_id, reason)
                 left.append(Skip(target.staff_id, reason))

@@ -1,0 +1,450 @@
+"""``make bench``: pbxbrain under SIP load, side by side with plain Asterisk dialplan.
+
+Three columns, run in one go on one machine, with the same SIPp load (callers play
+G.711 audio, the one SIPp "phone farm" answers at once and plays audio back):
+
+1. baseline: trunk → dialplan ``MixMonitor`` + ``Dial()`` → phone (the floor);
+2. minimal: trunk → ``Stasis()`` → ``bench/minimal_stasis.py`` rings, bridges, records;
+3. pbxbrain: trunk → ``Stasis()`` → pbxbrain (round-robin over many managers, presence,
+   journal in SQLite, recording fetched into its store).
+
+For each rate: calls attempted/completed/failed, post-dial delay (caller's INVITE to its
+200 OK; the phone answers at once, so this is the routing delay) p50/p99, CPU ms per call
+of pbxbrain and of Asterisk, pbxbrain's peak RSS. Plus the pure routing core alone
+(decisions per second, 1,000 managers, 100,000 known contacts). Results: JSON and a
+Markdown table in ``bench/results/``. Only ratios from one run mean anything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from tests.support.asterisk import (  # noqa: E402
+    Sandbox,
+    sandbox,
+    udp_port_taken,
+    wait_for,
+)
+
+RESULTS = REPO / "bench" / "results"
+PHONE_PORT = 5200
+HTTP_PORT = 18190
+ARI = ("http://127.0.0.1:8088", "pbxbrain", "pbxbrain-ari-secret")
+
+
+@dataclass
+class Column:
+    """One rate of one column."""
+
+    column: str
+    rate: float
+    attempted: int = 0
+    completed: int = 0
+    failed: int = 0
+    pdd_ms_p50: float | None = None
+    pdd_ms_p99: float | None = None
+    app_cpu_ms_per_call: float | None = None
+    asterisk_cpu_ms_per_call: float | None = None
+    app_peak_rss_mb: float | None = None
+    retransmissions: int = 0
+
+
+@dataclass
+class Report:
+    machine: dict[str, Any]
+    started: str
+    call_seconds: float
+    seconds_per_rate: float
+    columns: list[Column] = field(default_factory=list)
+    routing_core: dict[str, Any] = field(default_factory=dict)
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+# -- processes -------------------------------------------------------------------
+
+
+def cpu_seconds(pid: int) -> float:
+    """user + system CPU seconds of a process and its waited-for children."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = sum(int(x) for x in fields[11:15])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def asterisk_pid(root: Path) -> int:
+    return int((root / "run/asterisk/pbxbrain-sandbox.pid").read_text())
+
+
+def write_bench_asterisk_conf(root: Path, managers: int) -> None:
+    """The bench trunk (127.0.0.3), the phone farm endpoints, the baseline dialplan."""
+    phones = "\n".join(
+        f"[b{i:04d}](bench-phone)\naors = b{i:04d}\n[b{i:04d}]\ntype = aor\n"
+        f"contact = sip:b{i:04d}@127.0.0.1:{PHONE_PORT}\n" for i in range(1, managers + 1))
+    (root / "etc/asterisk/pjsip_bench.conf").write_text(f"""
+[pstn-bench]
+type = endpoint
+transport = transport-udp
+context = bench
+disallow = all
+allow = alaw,ulaw
+direct_media = no
+rtp_symmetric = yes
+send_connected_line = no
+aors = pstn-bench
+[pstn-bench]
+type = aor
+contact = sip:127.0.0.3:5060
+[pstn-bench]
+type = identify
+endpoint = pstn-bench
+match = 127.0.0.3
+
+[bench-phone](!)
+type = endpoint
+transport = transport-udp
+context = from-phones
+disallow = all
+allow = alaw,ulaw
+direct_media = no
+rtp_symmetric = yes
+send_connected_line = no
+
+{phones}
+""")
+    (root / "etc/asterisk/extensions_bench.conf").write_text("""
+[bench]
+; (1) baseline: plain dialplan, recorded like pbxbrain records
+exten => _1X.,1,MixMonitor(bench-${UNIQUEID}.wav)
+ same => n,Dial(PJSIP/b0001,20)
+ same => n,Hangup()
+; (2) minimal Stasis app
+exten => _2X.,1,Stasis(pbxbench,min,PJSIP/b0001)
+ same => n,Hangup()
+""")
+
+
+def remove_bench_asterisk_conf(root: Path) -> None:
+    for name in ("pjsip_bench.conf", "extensions_bench.conf"):
+        (root / "etc/asterisk" / name).unlink(missing_ok=True)
+    for wav in (root / "var/spool/asterisk/monitor").glob("bench-*.wav"):
+        wav.unlink()
+    for wav in (root / "var/spool/asterisk/recording").glob("*.wav"):
+        wav.unlink()
+
+
+def write_pbxbrain_conf(path: Path, managers: int) -> None:
+    staff = "\n".join(f"  m{i:04d}: {{name: Manager {i}, phone: PJSIP/b{i:04d}}}"
+                      for i in range(1, managers + 1))
+    members = ", ".join(f"m{i:04d}" for i in range(1, managers + 1))
+    path.write_text(f"""
+node: bench
+asterisk:
+  ari: {{url: "{ARI[0]}", user: {ARI[1]}, password: "{ARI[2]}", app: pbxbrain}}
+  ami: {{host: 127.0.0.1, port: 5038, user: pbxbrain, secret: pbxbrain-ami-secret}}
+  trunk: pstn
+  fallback_context: pbxbrain-fallback
+database: "${{PBXBRAIN_DATABASE}}"
+http: {{listen: "127.0.0.1:{HTTP_PORT}"}}
+numbers: {{default_region: RU, dial_allowed: ["+7"]}}
+staff:
+{staff}
+departments:
+  sales: {{members: [{members}], strategy: round_robin, ring_seconds: 10}}
+schedules:
+  always: {{timezone: UTC, weekly: {{mon-sun: "00:00-24:00"}}}}
+lines:
+  "+74951110000": {{name: Bench, schedule: always, route: [{{department: sales}}]}}
+crm: {{kind: builtin}}
+recordings: {{dir: "${{PBXBRAIN_RECORDINGS_DIR}}", keep_days: 1, format: wav}}
+""")
+
+
+# -- one load step ------------------------------------------------------------------
+
+
+def run_load(box: Sandbox, column: str, rate: float, seconds: float, call_s: float,
+             app_pid: int | None) -> Column:
+    source, did = {"baseline": ("127.0.0.3", "1000"), "minimal": ("127.0.0.3", "2000"),
+                   "pbxbrain": ("127.0.0.2", "74951110000")}[column]
+    calls = max(1, int(rate * seconds))
+    ast_pid = asterisk_pid(box.root)
+    ast_cpu0 = cpu_seconds(ast_pid)
+    app_cpu0 = cpu_seconds(app_pid) if app_pid else 0.0
+    workdir = Path(tempfile.mkdtemp(dir=box.root / "tmp"))
+    inside = "/" + str(workdir.relative_to(box.root))
+    sipp = ["sipp", "-sf", "/opt/pbxbrain-tests/caller_any_outcome.xml",
+            "127.0.0.1:5060", "-i", source, "-s", did, "-key", "caller", "+79160000000",
+            "-key", "talk_ms", str(int(call_s * 1000)), "-r", f"{rate:g}", "-m", str(calls),
+            "-l", str(int(rate * (call_s + 10))), "-nostdin", "-timeout",
+            f"{seconds + call_s + 60:g}s", "-trace_rtt", "-rtt_freq", "1",
+            "-trace_stat", "-fd", "1", "-stf", "stat.csv"]
+    # SIPp writes its response-time trace into its working directory.
+    proc = subprocess.run(
+        ["chroot", str(box.root), "sh", "-c", 'cd "$0" && exec "$@"', inside, *sipp],
+        capture_output=True, text=True, timeout=seconds + call_s + 120, check=False)
+    result = Column(column, rate, attempted=calls)
+    stats = _last_stat_row(workdir / "stat.csv")
+    if stats:
+        result.completed = int(stats.get("SuccessfulCall(C)", 0))
+        result.failed = int(stats.get("FailedCall(C)", 0))
+        result.retransmissions = int(stats.get("Retransmissions(C)", 0))
+    else:
+        result.failed = calls
+        print(proc.stdout[-2000:], proc.stderr[-2000:], file=sys.stderr)
+    rtts = [v for f in workdir.glob("*_rtt.csv") for v in _rtts(f)]
+    if rtts:
+        result.pdd_ms_p50 = statistics.median(rtts)
+        result.pdd_ms_p99 = _percentile(rtts, 99)
+    result.asterisk_cpu_ms_per_call = (cpu_seconds(ast_pid) - ast_cpu0) * 1000 / calls
+    if app_pid:
+        result.app_cpu_ms_per_call = (cpu_seconds(app_pid) - app_cpu0) * 1000 / calls
+        result.app_peak_rss_mb = peak_rss_mb(app_pid)
+    subprocess.run(["rm", "-rf", str(workdir)], check=False)
+    box.wait_idle(timeout_s=call_s + 30)
+    return result
+
+
+def _last_stat_row(path: Path) -> dict[str, str]:
+    if not path.exists():
+        return {}
+    lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+    if len(lines) < 2:
+        return {}
+    head = lines[0].split(";")
+    return dict(zip(head, lines[-1].split(";"), strict=False))
+
+
+def _rtts(path: Path) -> list[float]:
+    if not path.exists():
+        return []
+    values = []
+    for line in path.read_text().splitlines()[1:]:
+        parts = line.split(";")
+        if len(parts) >= 2:
+            try:
+                values.append(float(parts[1]))
+            except ValueError:
+                continue
+    return values
+
+
+def _percentile(values: list[float], pct: float) -> float:
+    ordered = sorted(values)
+    k = max(0, min(len(ordered) - 1, round(pct / 100 * (len(ordered) - 1))))
+    return ordered[k]
+
+
+# -- the pure core -------------------------------------------------------------------
+
+
+def bench_routing_core(decisions: int = 20_000) -> dict[str, Any]:
+    from pbxbrain.config import parse_config
+    from pbxbrain.domain.model import InboundCall
+    from pbxbrain.domain.plan import Facts
+    from pbxbrain.domain.routing import decide
+
+    rng = random.Random(7)
+    managers = 1000
+    depts = 50
+    staff = "\n".join(f"  m{i:04d}: {{name: M {i}, phone: PJSIP/m{i:04d}}}"
+                      for i in range(managers))
+    departments = "\n".join(
+        f"  d{d:02d}: {{members: [{', '.join(f'm{i:04d}' for i in range(d * 20, d * 20 + 20))}]"
+        f", strategy: {'round_robin' if d % 2 else 'ring_all'}, ring_seconds: 15}}"
+        for d in range(depts))
+    config = parse_config(f"""
+asterisk: {{ari: {{user: u, password: p}}, ami: {{user: u, secret: s}}, trunk: pstn}}
+numbers: {{default_region: RU}}
+staff:
+{staff}
+departments:
+{departments}
+schedules:
+  office: {{timezone: Europe/Moscow, weekly: {{mon-fri: "09:00-18:00"}}}}
+lines:
+  "+74951234567":
+    schedule: office
+    route: [{{owner: {{then: [department, head]}}}}, {{department: d01}}]
+blacklist: ["+7900"]
+""", "bench")
+    contacts = {f"+7916{n:07d}": f"m{rng.randrange(managers):04d}" for n in range(100_000)}
+    numbers = list(contacts)
+    now = datetime(2026, 11, 25, 9, 30, tzinfo=UTC)
+    calls = []
+    for n in range(decisions):
+        caller = numbers[rng.randrange(len(numbers))] if n % 4 else f"+7917{n:07d}"
+        busy = frozenset(f"m{rng.randrange(managers):04d}" for _ in range(30))
+        facts = Facts(owner=contacts.get(caller), busy=busy,
+                      cursors={"d01": n % 20})
+        calls.append((InboundCall(str(n), str(n), caller, caller, "74951234567", now), facts))
+    started = time.perf_counter()
+    for call, facts in calls:
+        decide(call, facts, config, now)
+    elapsed = time.perf_counter() - started
+    return {"decisions": decisions, "seconds": round(elapsed, 3),
+            "decisions_per_second": round(decisions / elapsed), "managers": managers,
+            "contacts": len(contacts)}
+
+
+# -- main ------------------------------------------------------------------------------
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rates", default="5,10,20,40", help="calls per second, comma list")
+    parser.add_argument("--seconds", type=float, default=10, help="load time per rate")
+    parser.add_argument("--call-seconds", type=float, default=3, help="talk time per call")
+    parser.add_argument("--managers", type=int, default=300)
+    parser.add_argument("--columns", default="baseline,minimal,pbxbrain")
+    args = parser.parse_args()
+    rates = [float(r) for r in args.rates.split(",")]
+    columns = args.columns.split(",")
+
+    report = Report(
+        machine={"cpus": os.cpu_count(), "platform": platform.platform(),
+                 "python": platform.python_version()},
+        started=datetime.now(UTC).isoformat(timespec="seconds"),
+        call_seconds=args.call_seconds, seconds_per_rate=args.seconds)
+    print("routing core ...", flush=True)
+    report.routing_core = bench_routing_core()
+    print(f"  {report.routing_core['decisions_per_second']} decisions/s", flush=True)
+
+    sandbox("start")
+    box = Sandbox(Path(sandbox("root").stdout.strip()))
+    box.install_scenarios()
+    write_bench_asterisk_conf(box.root, args.managers)
+    sandbox("restart")
+    report.machine["asterisk"] = box.rx("core show version").strip()
+    tmp = Path(tempfile.mkdtemp(prefix="pbxbrain-bench-"))
+    config = tmp / "pbxbrain.yaml"
+    write_pbxbrain_conf(config, args.managers)
+    env = {**os.environ, "PBXBRAIN_DATABASE": f"sqlite+aiosqlite:///{tmp / 'bench.db'}",
+           "PBXBRAIN_RECORDINGS_DIR": str(tmp / "recordings"), "PBXBRAIN_LOG_LEVEL": "WARNING"}
+    phones = subprocess.Popen(
+        ["chroot", str(box.root), "sipp", "-sf", "/opt/pbxbrain-tests/phone_answers.xml",
+         "-i", "127.0.0.1", "-p", str(PHONE_PORT), "-nostdin", "-bg"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    phones.wait()
+    wait_for("the phone farm", lambda: udp_port_taken("127.0.0.1", PHONE_PORT), 10)
+    app = subprocess.Popen([sys.executable, "-m", "pbxbrain", "run", "--config", str(config),
+                            "--log-level", "WARNING"], env=env, cwd=REPO)
+    minimal = subprocess.Popen([sys.executable, str(REPO / "bench" / "minimal_stasis.py"),
+                                *ARI], cwd=REPO)
+    try:
+        wait_for("pbxbrain health", _healthy, 30)
+        for rate in rates:
+            for column in columns:
+                pid = {"pbxbrain": app.pid, "minimal": minimal.pid}.get(column)
+                print(f"{column:9s} {rate:5g} cps ...", end=" ", flush=True)
+                col = run_load(box, column, rate, args.seconds, args.call_seconds, pid)
+                report.columns.append(col)
+                print(f"ok {col.completed}/{col.attempted}, failed {col.failed}, "
+                      f"pdd p50 {col.pdd_ms_p50} p99 {col.pdd_ms_p99} ms", flush=True)
+    finally:
+        for proc in (app, minimal):
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        subprocess.run(["pkill", "-f", f"sipp.*-p {PHONE_PORT}"], check=False)
+        remove_bench_asterisk_conf(box.root)
+        sandbox("stop")
+    report.summary = summarize(report)
+    write_results(report)
+    return 0
+
+
+def _healthy() -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{HTTP_PORT}/v1/health", timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+def summarize(report: Report) -> dict[str, Any]:
+    def best(column: str) -> float:
+        ok = [c.rate for c in report.columns if c.column == column and c.failed == 0
+              and c.completed == c.attempted]
+        return max(ok, default=0.0)
+
+    out: dict[str, Any] = {f"max_zero_failure_cps_{c}": best(c)
+                           for c in ("baseline", "minimal", "pbxbrain")}
+    if out["max_zero_failure_cps_baseline"]:
+        out["zero_failure_ratio_pbxbrain_vs_baseline"] = round(
+            out["max_zero_failure_cps_pbxbrain"] / out["max_zero_failure_cps_baseline"], 2)
+    at20 = {c.column: c for c in report.columns if c.rate == 20}
+    if "pbxbrain" in at20 and "baseline" in at20 and at20["pbxbrain"].pdd_ms_p99 is not None \
+            and at20["baseline"].pdd_ms_p99 is not None:
+        out["added_pdd_p99_ms_at_20cps"] = round(
+            at20["pbxbrain"].pdd_ms_p99 - at20["baseline"].pdd_ms_p99, 1)
+    cpu = [c.app_cpu_ms_per_call for c in report.columns
+           if c.column == "pbxbrain" and c.app_cpu_ms_per_call is not None]
+    if cpu:
+        out["pbxbrain_cpu_s_per_1000_calls"] = round(max(cpu), 2)
+    rss = [c.app_peak_rss_mb for c in report.columns
+           if c.column == "pbxbrain" and c.app_peak_rss_mb is not None]
+    if rss:
+        out["pbxbrain_peak_rss_mb"] = round(max(rss), 1)
+    out["routing_core_decisions_per_second"] = report.routing_core.get("decisions_per_second")
+    return out
+
+
+def write_results(report: Report) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    stamp = report.started.replace(":", "").replace("-", "")
+    data = asdict(report)
+    (RESULTS / f"{stamp}.json").write_text(json.dumps(data, indent=2) + "\n")
+    (RESULTS / "latest.json").write_text(json.dumps(data, indent=2) + "\n")
+    lines = [
+        f"Run {report.started} on {report.machine['cpus']} CPUs, {report.machine['platform']},"
+        f" {report.machine.get('asterisk', '')}; calls of {report.call_seconds:g} s, "
+        f"{report.seconds_per_rate:g} s per rate.",
+        "",
+        "| column | cps | attempted | completed | failed | PDD p50 ms | PDD p99 ms "
+        "| app CPU ms/call | Asterisk CPU ms/call | app peak RSS MB | retrans |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for c in report.columns:
+        lines.append(
+            f"| {c.column} | {c.rate:g} | {c.attempted} | {c.completed} | {c.failed} | "
+            f"{_f(c.pdd_ms_p50)} | {_f(c.pdd_ms_p99)} | {_f(c.app_cpu_ms_per_call)} | "
+            f"{_f(c.asterisk_cpu_ms_per_call)} | {_f(c.app_peak_rss_mb)} | "
+            f"{c.retransmissions} |")
+    lines += ["", "| summary | value |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in report.summary.items()]
+    (RESULTS / "latest.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def _f(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
