@@ -320,6 +320,8 @@ def main() -> int:
     parser.add_argument("--call-seconds", type=float, default=3, help="talk time per call")
     parser.add_argument("--managers", type=int, default=300)
     parser.add_argument("--columns", default="baseline,minimal,pbxbrain")
+    parser.add_argument("--profile", metavar="FILE", help="run pbxbrain under py-spy, "
+                        "write collapsed stacks to FILE (CPU figures then include py-spy)")
     args = parser.parse_args()
     rates = [float(r) for r in args.rates.split(",")]
     columns = args.columns.split(",")
@@ -350,8 +352,12 @@ def main() -> int:
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     phones.wait()
     wait_for("the phone farm", lambda: udp_port_taken("127.0.0.1", PHONE_PORT), 10)
-    app = subprocess.Popen([sys.executable, "-m", "pbxbrain", "run", "--config", str(config),
-                            "--log-level", "WARNING"], env=env, cwd=REPO)
+    command = [sys.executable, "-m", "pbxbrain", "run", "--config", str(config),
+               "--log-level", "WARNING"]
+    if args.profile:
+        command = [str(Path(sys.executable).parent / "py-spy"), "record", "--format", "raw",
+                   "-o", args.profile, "--", *command]
+    app = subprocess.Popen(command, env=env, cwd=REPO)
     minimal = subprocess.Popen([sys.executable, str(REPO / "bench" / "minimal_stasis.py"),
                                 *ARI], cwd=REPO)
     try:

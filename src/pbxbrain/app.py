@@ -16,12 +16,16 @@ import socket
 from collections.abc import Coroutine, Mapping
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 
 from pbxbrain.adapters.ami import AmiClient
 from pbxbrain.adapters.ari import AriClient, AriEventStream
+from pbxbrain.adapters.crm_factory import CachedLookup, make_crm
+from pbxbrain.adapters.crm_store import SqlOutbox
 from pbxbrain.adapters.db import SqlCallStore, create_engine
 from pbxbrain.adapters.migrate import migrate
+from pbxbrain.adapters.outbox import OutboxWorker
 from pbxbrain.adapters.presence import Presence
 from pbxbrain.adapters.recordings import RecordingDirectory
 from pbxbrain.adapters.stasis import StasisApp, StasisSettings
@@ -41,14 +45,22 @@ class Daemon:
         ast = config.asterisk
         self.engine = create_engine(config.database)
         self.store = SqlCallStore(self.engine)
-        self.journal = Journal(self.store)
+        self.node = config.node or socket.gethostname()
+        # One HTTP session for the CRM connectors, created lazily inside the loop.
+        self.http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15))
+        self.crm = make_crm(config, self.engine, self.http)
+        self.crm_lookup = CachedLookup(self.crm)
+        self.outbox = SqlOutbox(self.engine)
+        self.outbox_worker = OutboxWorker(self.outbox, self.crm, self.node,
+                                          on_contact_changed=self.crm_lookup.invalidate)
+        self.journal = Journal(self.store, on_outbox=self.outbox_worker.poke)
         self.ari = AriClient(str(ast.ari.url), ast.ari.user, ast.ari.password.get_secret_value(),
                              ast.ari.app)
         self.ami = AmiClient(ast.ami.host, ast.ami.port, ast.ami.user,
                              ast.ami.secret.get_secret_value())
         self.presence = Presence(
             self.ari, {sid: s.phone for sid, s in config.staff.items() if s.phone})
-        self.router = Router(config, self.store, self.presence)
+        self.router = Router(config, self.store, self.presence, self.crm_lookup)
         self.recordings = RecordingDirectory(config.recordings.dir)
         self.stasis = StasisApp(
             self.ari,
@@ -58,7 +70,7 @@ class Daemon:
             phones=self.presence,
             recordings=self.recordings,
             settings=StasisSettings(
-                node=config.node or socket.gethostname(),
+                node=self.node,
                 default_region=config.numbers.default_region or "ZZ",
                 fallback_context=ast.fallback_context,
                 recording_format=config.recordings.format,
@@ -79,6 +91,7 @@ class Daemon:
             "ami": self.ami.status,
             "database": await self._db_status(),
             "journal": self.journal.status,
+            "outbox": self.outbox_worker.status,
         }
 
     async def _db_status(self) -> str:
@@ -116,6 +129,7 @@ class Daemon:
                 continue
             break
         self.db_ready.set()
+        self._spawn(self.outbox_worker.run(), "outbox")
         await self.journal.run()
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
@@ -144,6 +158,8 @@ class Daemon:
                 await task
         await self.ami.close()
         await self.ari.close()
+        await self.crm_lookup.close()
+        await self.http.close()
         await self.engine.dispose()
         log.info("stopped")
 

@@ -30,6 +30,7 @@ department field, so there is one source of truth (``Config.department_of``).
 from __future__ import annotations
 
 import difflib
+import functools
 import itertools
 import os
 import re
@@ -81,10 +82,12 @@ __all__ = [
     "HttpConfig",
     "Line",
     "ManagerStep",
+    "MissedCallsConfig",
     "NumbersConfig",
     "OwnerFallback",
     "OwnerRoute",
     "OwnerStep",
+    "RateLimits",
     "RecordingsConfig",
     "Region",
     "RegionRoute",
@@ -371,6 +374,7 @@ HttpUrl = Annotated[str, AfterValidator(_check_http_url)]
 PhoneNumber = Annotated[str, AfterValidator(_validate_number)]
 NumberPrefix = Annotated[str, AfterValidator(_validate_prefix)]
 Port = Annotated[int, Field(ge=1, le=65535)]
+SlaMinutes = Annotated[int, Field(ge=1, le=10_080)]  # a week at most
 
 
 class _Model(BaseModel):
@@ -425,11 +429,28 @@ class ApiToken(_Model):
     scopes: tuple[Scope, ...] = Field(min_length=1)
 
 
+class RateLimits(_Model):
+    """Limits of the HTTP API, against toll fraud and runaway CRM scripts.
+
+    ``*_per_token`` and ``*_per_manager`` are requests a minute (token buckets: that many at
+    once, refilled evenly over the minute); ``originate_concurrent_per_manager`` is how many
+    click-to-calls one manager may have in progress; ``event_streams_per_token`` how many
+    ``/v1/events`` streams one token may hold open.
+    """
+
+    originate_per_token: Annotated[int, Field(ge=1, le=10_000)] = 30
+    originate_per_manager: Annotated[int, Field(ge=1, le=1_000)] = 6
+    originate_concurrent_per_manager: Annotated[int, Field(ge=1, le=100)] = 1
+    read_per_token: Annotated[int, Field(ge=1, le=100_000)] = 600
+    event_streams_per_token: Annotated[int, Field(ge=1, le=1_000)] = 5
+
+
 class HttpConfig(_Model):
     """The HTTP API server."""
 
     listen: Annotated[str, AfterValidator(_check_listen)] = "127.0.0.1:8090"
     tokens: Annotated[tuple[ApiToken, ...], BeforeValidator(_empty_list_if_none)] = ()
+    rate_limits: Annotated[RateLimits, BeforeValidator(_empty_mapping_if_none)] = RateLimits()
 
     @property
     def host(self) -> str:
@@ -773,7 +794,8 @@ class Line(_Model):
     ``source`` tags its calls (website, ads, ...); ``schedule`` names the working hours (None:
     always open); ``route`` is tried step by step; ``busy`` says what happens when the
     targets of a step are busy: ``next`` goes on with the next step at once, ``prompt``
-    tells the caller and keeps trying.
+    tells the caller and keeps trying. ``sla_minutes`` overrides ``missed_calls.sla_minutes``
+    for this line's missed-call tasks.
     """
 
     name: Text | None = None
@@ -782,6 +804,7 @@ class Line(_Model):
     route: tuple[RouteStep, ...] = Field(min_length=1)
     busy: Literal["next", "prompt"] = "next"
     after_hours: AfterHours | None = None
+    sla_minutes: SlaMinutes | None = None
 
 
 class Region(_Model):
@@ -822,6 +845,14 @@ class Bitrix24Crm(_Model):
 
 CrmConfig = Annotated[BuiltinCrm | WebhookCrm | Bitrix24Crm, Field(discriminator="kind")]
 
+class MissedCallsConfig(_Model):
+    """Missed-call tasks: call the client back within ``sla_minutes`` of the miss, or of the
+    next opening of the line's schedule when the miss was after hours. A line's own
+    ``sla_minutes`` wins over this one."""
+
+    sla_minutes: SlaMinutes = 15
+
+
 RecordingFormat = Literal["wav", "wav49", "gsm", "ulaw", "alaw", "sln", "g722"]
 
 
@@ -856,13 +887,18 @@ class Config(_Model):
     blacklist: Annotated[tuple[NumberPrefix, ...], BeforeValidator(_empty_list_if_none)] = ()
     crm: CrmConfig = BuiltinCrm()
     recordings: RecordingsConfig = RecordingsConfig()
+    missed_calls: Annotated[MissedCallsConfig, BeforeValidator(_empty_mapping_if_none)] = (
+        MissedCallsConfig())
 
     def department_of(self, staff_id: str) -> str | None:
         """The id of the department ``staff_id`` is a member of, or None."""
-        for department_id, department in self.departments.items():
-            if staff_id in department.members:
-                return department_id
-        return None
+        return self._membership.get(staff_id)
+
+    @functools.cached_property
+    def _membership(self) -> Mapping[str, str]:
+        # Built once per Config (it is frozen): routing asks this on every decision.
+        return {member: department_id for department_id, department in
+                self.departments.items() for member in department.members}
 
 
 # --------------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ Concrete adapters live in ``pbxbrain.adapters``; unit tests use small hand-writt
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
@@ -13,9 +14,11 @@ from pbxbrain.domain.model import (
     CallOutcome,
     CallSummary,
     Contact,
+    DeliveryFailure,
     InboundCall,
     JournalEntry,
     MissedCall,
+    OriginateRequest,
     OutboxMessage,
     PendingDelivery,
     RecordingInfo,
@@ -126,6 +129,11 @@ class CrmUnavailable(Exception):
     """The CRM did not answer, answered an error, or answered nonsense; retry later."""
 
 
+class CrmRejected(CrmUnavailable):
+    """The CRM refused this very message for good (e.g. HTTP 400): retrying it as it is
+    cannot help. The outbox marks it failed at once (visible, retryable by hand)."""
+
+
 class Crm(Protocol):
     """One CRM behind one port: built-in (pbxbrain's DB), webhook, Bitrix24.
 
@@ -148,3 +156,97 @@ class Crm(Protocol):
 
     async def screen_pop(self, event: Mapping[str, object]) -> None:
         """A manager's phone started ringing: tell the CRM widget (best effort, no retry)."""
+
+
+class OutboxStore(Protocol):
+    """The outbox as its delivery workers see it: claim due rows, mark what happened.
+
+    Several pbxbrain nodes may share one database: a claimed row is leased to one node
+    until ``lease_s`` has passed, so two nodes never deliver the same row at once, and a
+    node that died mid-delivery only delays its rows by the lease.
+    """
+
+    async def claim_deliveries(self, node: str, now: datetime, limit: int = 20,
+                               lease_s: float = 120.0) -> list[PendingDelivery]:
+        """Lease up to ``limit`` due rows (not delivered, not failed for good, not leased
+        to anyone at ``now``) to ``node``; oldest due first."""
+
+    async def delivered(self, delivery_id: int, at: datetime) -> None:
+        """Mark a row delivered (and release its lease)."""
+
+    async def delivery_failed(self, delivery_id: int, error: str, retry_at: datetime) -> None:
+        """Count a failed attempt, keep the error, schedule the next attempt, release."""
+
+    async def delivery_rejected(self, delivery_id: int, error: str, at: datetime) -> None:
+        """Count a failed attempt and mark the row failed for good (no automatic retry)."""
+
+    async def release_claims(self, node: str) -> int:
+        """Release every lease held by ``node`` (at start: rows a crashed run had taken)."""
+
+    async def next_due_at(self) -> datetime | None:
+        """When the next row becomes claimable, or None when nothing waits."""
+
+    async def failing(self) -> tuple[int, str]:
+        """How many undelivered rows have failed at least once, and the latest error."""
+
+    async def failed_deliveries(self, limit: int = 100) -> list[DeliveryFailure]:
+        """Undelivered rows that failed at least once, most recently failed first."""
+
+    async def retry_now(self, delivery_id: int) -> bool:
+        """Make an undelivered row due now (also one failed for good); False when there is
+        no such undelivered row."""
+
+
+class ClickToCallUnavailable(Exception):
+    """Click-to-call cannot start now (Asterisk unreachable, shutting down); retry later."""
+
+
+class ClickToCallRefused(Exception):
+    """Click-to-call will not start this call (e.g. the manager's phone is offline); the
+    message says why, in words for the API client."""
+
+
+class ClickToCall(Protocol):
+    """Click-to-call: ring the manager, then the client, bridge, record, journal.
+
+    The HTTP API validates and authorises everything before calling ``start``.
+    """
+
+    async def start(self, request: OriginateRequest) -> str:
+        """Start the call and return its call id at once; the call goes on in the
+        background. Raises ClickToCallUnavailable or ClickToCallRefused."""
+
+    def active_for(self, staff_id: str) -> int:
+        """How many click-to-calls of ``staff_id`` are in progress right now."""
+
+
+class RecordingIndex(Protocol):
+    """Find a recording's metadata by its id (``SqlCallStore`` has it)."""
+
+    async def get_recording(self, recording_id: str) -> RecordingInfo | None:
+        """One recording, or None."""
+
+
+@dataclass(frozen=True, slots=True)
+class LookupResult:
+    """A contact lookup on the call path.
+
+    ``answered`` is False when the CRM did not answer within the deadline or failed: the
+    contact is then unknown (not "absent"), and the router notes it.
+    """
+
+    contact: Contact | None
+    answered: bool
+    cached: bool = False
+
+    @property
+    def owner(self) -> str | None:
+        """The contact's owner (staff id), when known."""
+        return self.contact.owner if self.contact is not None else None
+
+
+class ContactLookup(Protocol):
+    """The CRM lookup on the call path: bounded by a deadline, never raises."""
+
+    async def lookup(self, phone: str) -> LookupResult:
+        """The caller's contact (and owner), or why it is unknown."""

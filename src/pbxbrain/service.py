@@ -28,7 +28,7 @@ from pbxbrain.domain.model import (
 )
 from pbxbrain.domain.plan import Facts, Plan
 from pbxbrain.domain.routing import cursor_groups, decide
-from pbxbrain.ports import CallStore, PhoneStates, StoreUnavailable
+from pbxbrain.ports import CallStore, ContactLookup, LookupResult, PhoneStates, StoreUnavailable
 
 if TYPE_CHECKING:
     from pbxbrain.config import Config
@@ -47,8 +47,10 @@ class Journal:
     """Ordered, retried writes of call facts to the CallStore."""
 
     def __init__(self, store: CallStore, *, retry_first_s: float = 0.2,
-                 retry_max_s: float = 10.0) -> None:
+                 retry_max_s: float = 10.0,
+                 on_outbox: Callable[[], None] | None = None) -> None:
         self._store = store
+        self._on_outbox = on_outbox  # told after outbox rows are committed
         self._queue: deque[_Write] = deque()
         self._wakeup = asyncio.Event()
         self._idle = asyncio.Event()
@@ -81,8 +83,13 @@ class Journal:
                outbox: Sequence[OutboxMessage] = (),
                data: Mapping[str, object] | None = None) -> None:
         """The call's outcome, with its outbox rows (one transaction in the store)."""
-        self._put(call_id, "close", lambda s: s.close_call(
-            call_id, outcome, at, outbox=outbox, data=dict(data or {})))
+
+        async def apply(store: CallStore) -> None:
+            await store.close_call(call_id, outcome, at, outbox=outbox, data=dict(data or {}))
+            if outbox and self._on_outbox is not None:
+                self._on_outbox()
+
+        self._put(call_id, "close", apply)
 
     # -- status ----------------------------------------------------------------
     @property
@@ -155,16 +162,26 @@ class Router:
     bounded, so a sick dependency degrades the route, never holds the caller.
     """
 
-    def __init__(self, config: Config, store: CallStore, phones: PhoneStates, *,
-                 deadline_s: float = 0.5) -> None:
+    def __init__(self, config: Config, store: CallStore, phones: PhoneStates,
+                 contacts: ContactLookup, *, deadline_s: float = 0.5) -> None:
         self.config = config
         self._store = store
         self._phones = phones
+        self._contacts = contacts
         self._deadline = deadline_s
         self._local_cursors: dict[str, int] = {}  # used while the database is down
 
     async def plan(self, call: InboundCall, now: datetime) -> Plan:
         """The plan for ``call`` at ``now``."""
+        # The CRM lookup runs while the cursors and phone states are fetched.
+        lookup = asyncio.create_task(self._contacts.lookup(call.caller))
+        try:
+            return await self._plan(call, now, lookup)
+        finally:
+            lookup.cancel()
+
+    async def _plan(self, call: InboundCall, now: datetime,
+                    lookup: asyncio.Task[LookupResult]) -> Plan:
         cursors: dict[str, int] = {}
         for group in cursor_groups(call.dialed, call.caller, self.config):
             size = len(self.config.departments[group].members)
@@ -184,5 +201,8 @@ class Router:
         except TimeoutError:
             busy, offline = frozenset(), frozenset()
             log.warning("call %s: phone states not known in time", call.call_id)
-        facts = Facts(owner=None, crm_ok=True, busy=busy, offline=offline, cursors=cursors)
+        found = await lookup  # bounded by its own deadline; never raises
+        owner = found.owner if found.owner in self.config.staff else None
+        facts = Facts(owner=owner, crm_ok=found.answered, busy=busy, offline=offline,
+                      cursors=cursors, sticky=owner)
         return decide(call, facts, self.config, now)

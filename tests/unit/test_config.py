@@ -349,6 +349,19 @@ CASES: list[tuple[str, str, Located, str]] = [
         (8, 20, "regions.two.prefixes[0]"),
         "prefix +7812 is already in region 'one' (line 7)",
     ),
+    (
+        "missed-call SLA of zero minutes",
+        "missed_calls: {sla_minutes: 0}\n",
+        (5, 29, "missed_calls.sla_minutes"),
+        "must be at least 1, got '0'",
+    ),
+    (
+        "line SLA that is not a number",
+        'staff:\n  ivanov: {name: Ivan, phone: PJSIP/101}\nlines:\n'
+        '  "+74951234567": {route: [{manager: ivanov}], sla_minutes: soon}\n',
+        (8, 61, "lines.+74951234567.sla_minutes"),
+        "expected a whole number, got 'soon'",
+    ),
 ]
 
 
@@ -597,6 +610,22 @@ def test_given_webhook_crm_then_its_secret_is_hidden_in_repr() -> None:
     assert "hmac-key" not in repr(config)
 
 
+def test_given_missed_calls_section_then_default_and_line_slas_are_read() -> None:
+    assert parse("").missed_calls.sla_minutes == 15
+
+    config = parse("""\
+        missed_calls: {sla_minutes: 20}
+        staff: {ivanov: {name: Ivan, phone: PJSIP/101}}
+        lines:
+          "+74951234567": {route: [{manager: ivanov}], sla_minutes: 60}
+          "+74959876543": {route: [{manager: ivanov}]}
+        """)
+
+    assert config.missed_calls.sla_minutes == 20
+    assert config.lines["+74951234567"].sla_minutes == 60
+    assert config.lines["+74959876543"].sla_minutes is None
+
+
 def test_given_config_then_models_are_frozen() -> None:
     config = parse("staff: {ivanov: {name: Ivan, phone: PJSIP/101}}\n")
 
@@ -636,3 +665,31 @@ def test_given_broken_file_when_checked_then_every_problem_and_a_hint_and_one(
         f"{path}:10:31", f"{path}:11:19", f"{path}:12:5", f"{path}:14:15", f"{path}:20:12"]
     assert err[5].startswith(f"5 problems in {path}")
     assert len(err) == 6
+
+
+# --- http.rate_limits (HTTP API) --------------------------------------------------------------
+
+
+def test_given_no_rate_limits_then_the_defaults() -> None:
+    limits = parse("http: {listen: 127.0.0.1:8090}\n").http.rate_limits
+
+    assert (limits.originate_per_token, limits.originate_per_manager,
+            limits.originate_concurrent_per_manager, limits.read_per_token,
+            limits.event_streams_per_token) == (30, 6, 1, 600, 5)
+
+
+def test_given_rate_limits_then_they_are_read() -> None:
+    config = parse("http:\n  rate_limits: {originate_per_token: 10, originate_per_manager: 2}\n")
+
+    assert config.http.rate_limits.originate_per_token == 10
+    assert config.http.rate_limits.originate_per_manager == 2
+    assert config.http.rate_limits.read_per_token == 600
+
+
+def test_given_a_bad_rate_limit_then_it_is_located() -> None:
+    problems = problems_of(HEAD + "http:\n  rate_limits: {originate_per_manager: 0, burst: 3}\n")
+
+    assert located(problems) == [(6, 40, "http.rate_limits.originate_per_manager"),
+                                 (6, 43, "http.rate_limits.burst")]
+    assert problems[0].message == "must be at least 1, got '0'"
+    assert problems[1].message.startswith("unknown key 'burst'; allowed here: ")

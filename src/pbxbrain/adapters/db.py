@@ -223,6 +223,10 @@ class Outbox(Base):
     next_attempt_at: Mapped[datetime] = mapped_column(UtcDateTime())
     delivered_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     last_error: Mapped[str | None] = mapped_column(Text)
+    # Delivery leases and permanent failures (migration 0002; ``crm_store.SqlOutbox``).
+    claimed_by: Mapped[str | None] = mapped_column(String(64))
+    claimed_until: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    failed_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
 
     __table_args__ = (
         # Partial: delivered rows pile up with past next_attempt_at; the poll skips them.
@@ -770,6 +774,27 @@ class SqlCallStore:
             for r in rows
         ]
 
+    async def get_recording(self, recording_id: str) -> RecordingInfo | None:
+        """One recording's metadata, or None (the ``RecordingIndex`` port of the API)."""
+        async with self._tx(write=False) as conn:
+            r = (
+                (await conn.execute(select(Recording).where(Recording.id == recording_id)))
+                .mappings()
+                .first()
+            )
+        if r is None:
+            return None
+        return RecordingInfo(
+            recording_id=r["id"],
+            call_id=r["call_id"],
+            name=r["name"],
+            path=r["path"],
+            format=r["format"],
+            started_at=r["started_at"],
+            duration_s=r["duration_s"],
+            size_bytes=r["size_bytes"],
+        )
+
     # ----------------------------------------------------------------- outbox
 
     async def due_deliveries(self, now: datetime, limit: int = 50) -> list[PendingDelivery]:
@@ -870,3 +895,9 @@ def _summary(row: RowMapping) -> CallSummary:
         line=row["line"],
         source=row["source"],
     )
+
+
+# The CRM tables (contacts, tasks, crm_applied) live in their own module but on the same
+# ``Base.metadata``: importing them here keeps the metadata whole wherever the models are
+# used (migrations, drift checks). At the bottom, since that module imports this one.
+from pbxbrain.adapters import crm_store as _crm_store  # noqa: E402, F401

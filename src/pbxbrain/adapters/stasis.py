@@ -52,10 +52,20 @@ from pbxbrain.adapters.ari import (
     StasisEnd,
     StasisStart,
 )
+from pbxbrain.adapters.outbox import called_back_message, missed_call_message
 from pbxbrain.adapters.recordings import RecordingDirectory
-from pbxbrain.domain.model import CallOutcome, Direction, EventKind, InboundCall, RecordingInfo
+from pbxbrain.domain.model import (
+    CallOutcome,
+    CallSummary,
+    Direction,
+    EventKind,
+    InboundCall,
+    OutboxMessage,
+    RecordingInfo,
+)
 from pbxbrain.domain.phone import normalize_caller
 from pbxbrain.domain.plan import Plan, Play, Reject, Ring, RingMode, Target, Voicemail
+from pbxbrain.domain.sla import is_missed, missed_call_for, sla_for
 from pbxbrain.ports import CallStore, PhoneStates
 from pbxbrain.service import Journal, Router
 
@@ -122,6 +132,7 @@ class CallSession:
         self.legs: dict[str, Leg] = {}
         self.bridges: set[str] = set()
         self.task: asyncio.Task[None] | None = None
+        self.voicemail_id: str | None = None  # the message the caller left, if any
         self._leg_seq = 0
 
     @property
@@ -210,7 +221,9 @@ class CallSession:
             data["answered_by"] = answered_by
         if plan is not None and outcome is not CallOutcome.ANSWERED and plan.responsible:
             data["responsible"] = plan.responsible
-        self.journal.closed(call.call_id, outcome, ended, data=data)
+        outbox = self.app.follow_ups(call, plan, outcome, ended, answered_by,
+                                     recording=self.voicemail_id)
+        self.journal.closed(call.call_id, outcome, ended, outbox=outbox, data=data)
         log.info("call %s: %s%s", call.call_id, outcome.value,
                  f" by {answered_by}" if answered_by else "")
 
@@ -471,6 +484,8 @@ class CallSession:
         kept = await self._keep_recording(name, started)
         with contextlib.suppress(AriNotFound):
             await self.ari.hangup(self.call.channel_id, "normal")
+        if kept:
+            self.voicemail_id = name
         return kept
 
     # -- the end -------------------------------------------------------------------
@@ -634,6 +649,31 @@ class StasisApp:
 
         task.add_done_callback(done)
 
+    # -- what follows a call -------------------------------------------------------
+    def follow_ups(self, call: InboundCall | CallSummary, plan: Plan | None,
+                   outcome: CallOutcome, ended: datetime, answered_by: str | None, *,
+                   recording: str | None = None, responsible: str | None = None
+                   ) -> list[OutboxMessage]:
+        """Outbox rows committed with the outcome: a missed-call task for the responsible
+        manager, or "called back" when a manager talked to a client."""
+        client = call.caller if call.direction is Direction.INBOUND else None
+        if client is None or not client.startswith("+"):
+            return []  # internal calls, anonymous or unparseable numbers: no CRM contact
+        if plan is not None and plan.unanswered_outcome is CallOutcome.REJECTED:
+            return []  # blacklisted: never a task
+        config = self.router.config
+        line = plan.line if plan is not None else getattr(call, "line", None)
+        if is_missed(outcome):
+            schedule, sla = sla_for(config, line)
+            missed = missed_call_for(
+                call, outcome, plan.responsible if plan is not None else responsible,
+                schedule, sla, recording=recording, ended_at=ended, line=line,
+                source=plan.source if plan is not None else getattr(call, "source", None))
+            return [missed_call_message(missed)]
+        if outcome is CallOutcome.ANSWERED:
+            return [called_back_message(client, call.call_id, answered_by, ended)]
+        return []
+
     # -- safety nets -----------------------------------------------------------
     async def rescue(self, channel_id: str, call_id: str | None, extension: str) -> None:
         """Never leave a caller in silence: fallback context, else hang up.
@@ -731,10 +771,25 @@ class StasisApp:
             outcome = (CallOutcome.ANSWERED if call.answered_at is not None
                        else CallOutcome.DIALPLAN if call.channel_id in rescued
                        else CallOutcome.MISSED)
-            self.journal.closed(call.call_id, outcome, now,
+            responsible = await self._responsible_of(call.call_id)
+            outbox = self.follow_ups(call, None, outcome, now, call.answered_by,
+                                     responsible=responsible)
+            self.journal.closed(call.call_id, outcome, now, outbox=outbox,
                                 data={"reason": "pbxbrain restarted during the call"})
             log.warning("call %s from %s: closed as %s after a restart (%s)", call.call_id,
                         call.caller, outcome.value, how)
+
+    async def _responsible_of(self, call_id: str) -> str | None:
+        """Who the plan made responsible, as journaled when the call was routed."""
+        try:
+            entries = await self.store.journal(call_id)
+        except Exception:
+            return None
+        for entry in entries:
+            if entry.kind is EventKind.ROUTED:
+                value = entry.data.get("responsible")
+                return value if isinstance(value, str) else None
+        return None
 
     async def stop(self, timeout_s: float = 5.0) -> None:
         """Stop taking calls; hand ringing callers to the dialplan; wait for the sessions.

@@ -132,6 +132,26 @@ class PendingDelivery:
 
 
 @dataclass(frozen=True, slots=True)
+class DeliveryFailure:
+    """An outbox row that is not delivered and failed at least once (for the API and ops).
+
+    ``failed_at`` is set when the CRM refused the message for good (no automatic retry
+    until somebody retries it by hand); otherwise ``next_attempt_at`` says when the next
+    automatic attempt is due.
+    """
+
+    id: int
+    key: str
+    kind: str
+    call_id: str | None
+    attempts: int
+    last_error: str
+    created_at: datetime
+    next_attempt_at: datetime
+    failed_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class RecordingInfo:
     """Metadata of a recording kept by pbxbrain."""
 
@@ -198,3 +218,23 @@ class Task:
     last_call_id: str | None = None
     closed_at: datetime | None = None
     crm_ref: str | None = None
+    closed_by: str | None = None  # staff id (or API token name) that closed it
+    callback_delay_s: float | None = None  # first miss -> call back; None when closed by hand
+
+
+@dataclass(frozen=True, slots=True)
+class OriginateRequest:
+    """A click-to-call the HTTP API accepted: ring ``staff_id``'s phone, then dial ``number``.
+
+    Everything here is already checked: ``staff_id`` exists and has a phone, ``number`` is
+    E.164 and allowed by ``numbers.dial_allowed`` (``domain.dialing``), ``crm_ids`` holds
+    only ``contact_id``/``deal_id`` of ``[A-Za-z0-9_.:-]{1,64}``. ``idempotency_key`` is the
+    client's ``Idempotency-Key`` (None when not given; the API already answered repeats),
+    ``requested_by`` the name of the API token.
+    """
+
+    staff_id: str
+    number: str
+    crm_ids: Mapping[str, str]
+    idempotency_key: str | None
+    requested_by: str
