@@ -9,8 +9,9 @@ from typing import TypeVar
 
 import pytest
 
-from pbxbrain.adapters.db import SqlCallStore
-from pbxbrain.domain.model import CallSummary, JournalEntry, RecordingInfo
+from pbxbrain.adapters.crm_builtin import BuiltinCrm
+from pbxbrain.adapters.db import SqlCallStore, create_engine
+from pbxbrain.domain.model import CallSummary, Contact, JournalEntry, RecordingInfo, Task
 from tests.support.asterisk import REPO, Sandbox, asterisk_ready, sandbox, wait_for
 from tests.support.daemon import Daemon, free_port
 
@@ -95,6 +96,34 @@ class JournalReader:
 
     def recordings(self, call_id: str) -> list[RecordingInfo]:
         return self._run(lambda s: s.recordings(call_id))
+
+    def _crm(self, query: Callable[[BuiltinCrm], Awaitable[T]]) -> T:
+        async def go() -> T:
+            engine = create_engine(self.url)
+            try:
+                return await query(BuiltinCrm(engine, default_region="RU"))
+            finally:
+                await engine.dispose()
+
+        return asyncio.run(go())
+
+    def contact(self, phone: str) -> Contact | None:
+        return self._crm(lambda crm: crm.find_contact(phone))
+
+    def tasks(self, phone: str) -> list[Task]:
+        return self._crm(lambda crm: crm.list_tasks(phone=phone))
+
+    def import_contacts(self, rows: list[dict[str, str]]) -> None:
+        report = self._crm(lambda crm: crm.import_contacts(rows))
+        assert not report.errors, report
+
+    def wait_task(self, phone: str, misses: int = 1, timeout_s: float = 15.0) -> Task:
+        """The number's task once the outbox delivered ``misses`` misses to it."""
+        def delivered() -> Task | None:
+            tasks = [t for t in self.tasks(phone) if t.misses >= misses]
+            return tasks[0] if tasks else None
+
+        return wait_for(f"a missed-call task for {phone}", delivered, timeout_s)
 
     def wait_closed_call(self, number: str, timeout_s: float = 15.0) -> CallSummary:
         """The newest call from ``number`` once it has an outcome."""
