@@ -43,6 +43,7 @@ from tests.support.asterisk import (  # noqa: E402
     udp_port_taken,
     wait_for,
 )
+from tests.support.daemon import die_with_parent  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
 PHONE_PORT = 5200
@@ -357,9 +358,9 @@ def main() -> int:
     if args.profile:
         command = [str(Path(sys.executable).parent / "py-spy"), "record", "--format", "raw",
                    "-o", args.profile, "--", *command]
-    app = subprocess.Popen(command, env=env, cwd=REPO)
+    app = subprocess.Popen(command, env=env, cwd=REPO, preexec_fn=die_with_parent)  # noqa: PLW1509
     minimal = subprocess.Popen([sys.executable, str(REPO / "bench" / "minimal_stasis.py"),
-                                *ARI], cwd=REPO)
+                                *ARI], cwd=REPO, preexec_fn=die_with_parent)  # noqa: PLW1509
     try:
         wait_for("pbxbrain health", _healthy, 30)
         for rate in rates:

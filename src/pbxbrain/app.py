@@ -21,6 +21,7 @@ from aiohttp import web
 
 from pbxbrain.adapters.ami import AmiClient
 from pbxbrain.adapters.ari import AriClient, AriEventStream
+from pbxbrain.adapters.click_to_call import ClickToCallService
 from pbxbrain.adapters.crm_factory import CachedLookup, make_crm
 from pbxbrain.adapters.crm_store import SqlOutbox
 from pbxbrain.adapters.db import SqlCallStore, create_engine
@@ -29,7 +30,8 @@ from pbxbrain.adapters.outbox import OutboxWorker
 from pbxbrain.adapters.presence import Presence
 from pbxbrain.adapters.recordings import RecordingDirectory
 from pbxbrain.adapters.stasis import StasisApp, StasisSettings
-from pbxbrain.api.http import make_http_app
+from pbxbrain.api.app import ApiDeps, make_http_app
+from pbxbrain.api.events import EventBus
 from pbxbrain.config import Config
 from pbxbrain.ports import StoreUnavailable
 from pbxbrain.service import Journal, Router
@@ -77,10 +79,15 @@ class Daemon:
             ),
         )
         self.events = AriEventStream(self.ari, self.stasis.on_event, self.stasis.on_link)
+        self.bus = EventBus()
+        self.stasis.publish = self._publish
+        self.click_to_call = ClickToCallService(self.stasis, config,
+                                                is_up=self.events.connected.is_set)
         self.db_ready = asyncio.Event()
         self.stasis.db_ready = self.db_ready
         self.db_error = "migrations not applied yet"
         self._tasks: list[asyncio.Task[None]] = []
+        self._short: set[asyncio.Task[None]] = set()
         self._runner: web.AppRunner | None = None
 
     # -- health ------------------------------------------------------------------
@@ -93,6 +100,18 @@ class Daemon:
             "journal": self.journal.status,
             "outbox": self.outbox_worker.status,
         }
+
+    def _publish(self, event_type: str, data: Mapping[str, object]) -> None:
+        """Live events: the API's stream, and the CRM's screen pop (best effort)."""
+        self.bus.publish(event_type, data)
+        if event_type == "screen_pop":
+            self._spawn(self._screen_pop(data), "screen-pop", quiet=True)
+
+    async def _screen_pop(self, data: Mapping[str, object]) -> None:
+        try:
+            await asyncio.wait_for(self.crm.screen_pop(data), 2.0)
+        except Exception as exc:  # best effort: a screen pop is worthless a second later
+            log.info("screen pop not delivered to the CRM: %s", exc or type(exc).__name__)
 
     async def _db_status(self) -> str:
         if not self.db_ready.is_set():
@@ -109,7 +128,10 @@ class Daemon:
         self._spawn(self._migrate_until_done(), "database")
         await self.ami.start()
         self._spawn(self.events.run(), "ari-events")
-        http_app = make_http_app(self.health)
+        http_app = make_http_app(ApiDeps(
+            config=self.config, health=self.health, store=self.store,
+            recordings=self.store, recording_files=self.recordings,
+            click_to_call=self.click_to_call, events=self.bus))
         self._runner = web.AppRunner(http_app, access_log=None)
         await self._runner.setup()
         host, port = self.config.http.host, self.config.http.port
@@ -132,15 +154,22 @@ class Daemon:
         self._spawn(self.outbox_worker.run(), "outbox")
         await self.journal.run()
 
-    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str, *, quiet: bool = False
+               ) -> None:
+        """A background task; ``quiet`` ones are short-lived and forget themselves."""
         task = asyncio.create_task(coro, name=name)
 
         def done(t: asyncio.Task[None]) -> None:
+            if quiet:
+                self._short.discard(t)
             if not t.cancelled() and t.exception() is not None:
                 log.critical("background task %s died", name, exc_info=t.exception())
 
         task.add_done_callback(done)
-        self._tasks.append(task)
+        if quiet:
+            self._short.add(task)
+        else:
+            self._tasks.append(task)
 
     async def stop(self) -> None:
         """Graceful stop: callers to the dialplan, flush the journal, close links."""
@@ -151,6 +180,7 @@ class Daemon:
                       self.journal.backlog, self.journal.status)
         if self._runner is not None:
             await self._runner.cleanup()
+        self.bus.close()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:

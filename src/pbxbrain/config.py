@@ -73,6 +73,7 @@ __all__ = [
     "AsteriskConfig",
     "Bitrix24Crm",
     "BuiltinCrm",
+    "ClickToCallConfig",
     "Config",
     "ConfigError",
     "ConfigProblem",
@@ -853,6 +854,14 @@ class MissedCallsConfig(_Model):
     sla_minutes: SlaMinutes = 15
 
 
+class ClickToCallConfig(_Model):
+    """Click-to-call (``POST /v1/calls``): the manager's desk phone rings for his
+    department's ``ring_seconds``, then the client's number rings for
+    ``client_ring_seconds``."""
+
+    client_ring_seconds: Annotated[int, Field(ge=1, le=600)] = 45
+
+
 RecordingFormat = Literal["wav", "wav49", "gsm", "ulaw", "alaw", "sln", "g722"]
 
 
@@ -889,6 +898,8 @@ class Config(_Model):
     recordings: RecordingsConfig = RecordingsConfig()
     missed_calls: Annotated[MissedCallsConfig, BeforeValidator(_empty_mapping_if_none)] = (
         MissedCallsConfig())
+    click_to_call: Annotated[ClickToCallConfig, BeforeValidator(_empty_mapping_if_none)] = (
+        ClickToCallConfig())
 
     def department_of(self, staff_id: str) -> str | None:
         """The id of the department ``staff_id`` is a member of, or None."""

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from pbxbrain.domain.model import (
     CallOutcome,
+    Contact,
     EventKind,
     InboundCall,
     JournalEntry,
@@ -171,8 +172,8 @@ class Router:
         self._deadline = deadline_s
         self._local_cursors: dict[str, int] = {}  # used while the database is down
 
-    async def plan(self, call: InboundCall, now: datetime) -> Plan:
-        """The plan for ``call`` at ``now``."""
+    async def plan(self, call: InboundCall, now: datetime) -> tuple[Plan, Contact | None]:
+        """The plan for ``call`` at ``now``, and the caller's contact if the CRM knows him."""
         # The CRM lookup runs while the cursors and phone states are fetched.
         lookup = asyncio.create_task(self._contacts.lookup(call.caller))
         try:
@@ -181,7 +182,7 @@ class Router:
             lookup.cancel()
 
     async def _plan(self, call: InboundCall, now: datetime,
-                    lookup: asyncio.Task[LookupResult]) -> Plan:
+                    lookup: asyncio.Task[LookupResult]) -> tuple[Plan, Contact | None]:
         cursors: dict[str, int] = {}
         for group in cursor_groups(call.dialed, call.caller, self.config):
             size = len(self.config.departments[group].members)
@@ -205,4 +206,4 @@ class Router:
         owner = found.owner if found.owner in self.config.staff else None
         facts = Facts(owner=owner, crm_ok=found.answered, busy=busy, offline=offline,
                       cursors=cursors, sticky=owner)
-        return decide(call, facts, self.config, now)
+        return decide(call, facts, self.config, now), found.contact

@@ -15,7 +15,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -135,23 +135,32 @@ class Sandbox:
         return SippResult(proc.returncode, proc.stdout[-3000:] + proc.stderr[-2000:], err_text)
 
     def phone(self, extension: str, scenario: str = "phone_answers.xml", *,
-              calls: int | None = 1, timeout_s: float = 30.0) -> Phone:
-        """Start a manager's desk phone (SIPp UAS) on 127.0.0.1:51NN for ``extension`` 1NN.
+              calls: int | None = 1, timeout_s: float = 30.0, address: str = "127.0.0.1",
+              port: int | None = None, keys: Mapping[str, str | int] | None = None
+              ) -> Phone:
+        """Start a manager's desk phone (SIPp UAS) on 127.0.0.1:51NN for ``extension`` 1NN
+        (or on ``address:port``: ``pstn_phone`` is the client behind the trunk).
 
         ``calls=None``: it takes any number of calls, until ``stop()``.
         """
-        port = 5060 + int(extension)
+        port = port or 5060 + int(extension)
         errors = f"/tmp/sipp-phone-{extension}-{time.monotonic_ns()}.err"
         cmd = ["chroot", str(self.root), "sipp", "-sf", f"{SCENARIO_DIR_IN_CHROOT}/{scenario}",
                "-nostdin", "-timeout", f"{timeout_s:g}s", "-trace_err",
-               "-error_file", errors, "-i", "127.0.0.1", "-p", str(port)]
+               "-error_file", errors, "-i", address, "-p", str(port)]
+        for name, value in (keys or {}).items():
+            cmd += ["-key", name, str(value)]
         if calls is not None:
             cmd += ["-m", str(calls), "-timeout_error"]
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        wait_for(f"phone {extension} (SIPp) to listen on 127.0.0.1:{port}",
-                 lambda: proc.poll() is not None or udp_port_taken("127.0.0.1", port), 10)
+        wait_for(f"phone {extension} (SIPp) to listen on {address}:{port}",
+                 lambda: proc.poll() is not None or udp_port_taken(address, port), 10)
         assert proc.poll() is None, f"phone {extension} (SIPp) exited at start"
         return Phone(extension, proc, self.root / errors.lstrip("/"), timeout_s)
+
+    def pstn_phone(self, scenario: str, **keys: str | int) -> Phone:
+        """The client's phone out in the PSTN: the trunk's far end, 127.0.0.2:5060."""
+        return self.phone("pstn", scenario, address="127.0.0.2", port=5060, keys=keys)
 
     def call_in_background(self, did: str, caller: str, scenario: str, *,
                            timeout_s: float = 30.0, **keys: str | int) -> Phone:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import signal
@@ -15,6 +16,17 @@ from pathlib import Path
 from typing import Any
 
 from tests.support.asterisk import REPO, wait_for
+
+
+def die_with_parent() -> None:
+    """In a child process: get SIGTERM when the parent (the test run) dies.
+
+    A pbxbrain left running by an interrupted run would register the same Stasis app and
+    steal the next run's events (calls then hang with no events): never leave one behind.
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    pr_set_pdeathsig = 1
+    libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 def free_port() -> int:
@@ -47,6 +59,7 @@ class Daemon:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "pbxbrain", "run", "--config", str(self.config)],
             env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
+            preexec_fn=die_with_parent,  # noqa: PLW1509 - only prctl, no locks
         )
         log.close()
 

@@ -32,7 +32,7 @@ import contextlib
 import logging
 import re
 import uuid
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -57,6 +57,7 @@ from pbxbrain.adapters.recordings import RecordingDirectory
 from pbxbrain.domain.model import (
     CallOutcome,
     CallSummary,
+    Contact,
     Direction,
     EventKind,
     InboundCall,
@@ -133,6 +134,12 @@ class CallSession:
         self.bridges: set[str] = set()
         self.task: asyncio.Task[None] | None = None
         self.voicemail_id: str | None = None  # the message the caller left, if any
+        self.plan: Plan | None = None
+        self.contact: Contact | None = None  # the caller as the CRM knows him
+        self.crm_ids: Mapping[str, str] = {}
+        self.manager: str | None = None  # who talks to the client (click-to-call: from the start)
+        self.talk_started: datetime | None = None
+        self.last_leg_cause = 0
         self._leg_seq = 0
 
     @property
@@ -145,11 +152,15 @@ class CallSession:
 
     def log_event(self, kind: EventKind, **data: object) -> None:
         """Journal something that happened now."""
+        log.debug("call %s: %s %s", self.call.call_id, kind.value, data)
         self.journal.event(self.call.call_id, self.app.clock(), kind, **data)
 
     # -- events ------------------------------------------------------------------
     def feed(self, event: AriEvent) -> None:
         """Deliver one of the call's ARI events (from the event stream, in order)."""
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("call %s: <- %s %s", self.call.call_id, event.type,
+                      getattr(getattr(event, "channel", None), "id", ""))
         channel = getattr(event, "channel", None)
         if (isinstance(channel, Channel) and channel.id == self.call.channel_id
                 and isinstance(event, ChannelHangupRequest | ChannelDestroyed | StasisEnd)
@@ -181,7 +192,8 @@ class CallSession:
         answered_by: str | None = None
         plan: Plan | None = None
         try:
-            plan = await self.app.router.plan(call, self.app.clock())
+            plan, self.contact = await self.app.router.plan(call, self.app.clock())
+            self.plan = plan
             self.journal.entered(call, line=plan.line, source=plan.source)
             self.log_event(EventKind.ROUTED, rule=plan.rule, notes=list(plan.notes),
                            steps=[_describe_step(s) for s in plan.steps],
@@ -224,6 +236,7 @@ class CallSession:
         outbox = self.app.follow_ups(call, plan, outcome, ended, answered_by,
                                      recording=self.voicemail_id)
         self.journal.closed(call.call_id, outcome, ended, outbox=outbox, data=data)
+        self.ended_event(outcome, ended, answered_by)
         log.info("call %s: %s%s", call.call_id, outcome.value,
                  f" by {answered_by}" if answered_by else "")
 
@@ -263,24 +276,29 @@ class CallSession:
             self.caller_answered = True
             self.log_event(EventKind.ANSWERED, channel=self.call.channel_id, by="pbxbrain")
 
-    async def _ring(self, targets: tuple[Target, ...], timeout_s: int) -> Leg | None:
+    async def _ring(self, targets: tuple[Target, ...], timeout_s: int, *,
+                    caller_id: str | None = None) -> Leg | None:
         """Ring targets at once; the first to answer is returned, the others hung up."""
         if not self.ringback_sent and not self.caller_answered:
             with contextlib.suppress(AriNotFound):
                 await self.ari.ring(self.call.channel_id)
             self.ringback_sent = True
-        legs = await self._originate(targets, timeout_s)
+        legs = await self._originate(targets, timeout_s, caller_id)
         if not legs:
             return None
         return await self._first_answer(legs, timeout_s)
 
-    async def _originate(self, targets: tuple[Target, ...], timeout_s: int) -> dict[str, Leg]:
-        """One leg per target that is free to ring; legs by channel id."""
+    async def _originate(self, targets: tuple[Target, ...], timeout_s: int,
+                         caller_id: str | None) -> dict[str, Leg]:
+        """One leg per target that is free to ring; legs by channel id.
+
+        A target without ``staff_id`` is the client (click-to-call): nobody to reserve.
+        """
         call_id = self.call.call_id
         legs: dict[str, Leg] = {}
         for target in targets:
             self._check_caller()
-            if not self.app.phones.reserve(target.staff_id, call_id):
+            if target.staff_id and not self.app.phones.reserve(target.staff_id, call_id):
                 self.log_event(EventKind.LEG_ENDED, staff=target.staff_id, reason="taken by "
                                "another call")
                 continue
@@ -292,8 +310,8 @@ class CallSession:
                 await self.ari.originate(
                     target.endpoint,
                     app_args=f"leg,{call_id}",
-                    caller_id=f'"{self.call.caller_name or self.call.caller}" '
-                              f'<{self.call.caller}>',
+                    caller_id=caller_id or (f'"{self.call.caller_name or self.call.caller}" '
+                                            f'<{self.call.caller}>'),
                     timeout_s=timeout_s + 5,
                     channel_id=leg.channel_id,
                     originator=self.call.channel_id,
@@ -307,7 +325,52 @@ class CallSession:
                 continue
             self.log_event(EventKind.RINGING, staff=target.staff_id, endpoint=target.endpoint,
                            target=target.kind, timeout_s=timeout_s)
+            self.ringing(target.staff_id or None)
         return legs
+
+    # -- live events ---------------------------------------------------------------
+    @property
+    def client(self) -> str:
+        """The external party: the caller (inbound) or the number dialed (outbound)."""
+        return self.call.dialed if self.call.direction is Direction.OUTBOUND else self.call.caller
+
+    def _event_base(self) -> dict[str, object]:
+        return {"call_id": self.call.call_id,
+                "direction": "outbound" if self.call.direction is Direction.OUTBOUND
+                else "inbound", "client": self.client}
+
+    def ringing(self, manager: str | None) -> None:
+        """Publish ``call.ringing`` (and the screen pop when a manager's phone rings)."""
+        at = self.app.clock().isoformat()
+        leg = "client" if manager is None else "manager"
+        line = self.plan.line if self.plan is not None else None
+        self.app.publish("call.ringing", {**self._event_base(), "leg": leg,
+                                          "manager": manager or self.manager, "line": line,
+                                          "at": at})
+        if manager is not None:
+            contact = self.contact
+            self.app.publish("screen_pop", {
+                **self._event_base(), "manager": manager,
+                "client_name": self.call.caller_name,
+                "contact": None if contact is None else {
+                    "name": contact.name, "owner": contact.owner, "crm_ref": contact.crm_ref},
+                "line": line, "source": self.plan.source if self.plan else None,
+                "crm": dict(self.crm_ids), "at": at})
+
+    def answered_event(self, leg: str, manager: str | None) -> None:
+        """Publish ``call.answered``."""
+        self.app.publish("call.answered", {**self._event_base(), "leg": leg,
+                                           "manager": manager,
+                                           "at": self.app.clock().isoformat()})
+
+    def ended_event(self, outcome: CallOutcome, ended: datetime, manager: str | None) -> None:
+        """Publish ``call.ended``."""
+        talk = (ended - self.talk_started).total_seconds() if self.talk_started else None
+        self.app.publish("call.ended", {
+            **self._event_base(), "outcome": outcome.value, "manager": manager,
+            "duration_s": round(max(0.0, (ended - self.call.at).total_seconds()), 3),
+            "talk_s": None if talk is None else round(max(0.0, talk), 3),
+            "at": ended.isoformat()})
 
     async def _first_answer(self, legs: dict[str, Leg], timeout_s: int) -> Leg | None:
         """Wait for the first leg to answer (enter Stasis); hang up all the others."""
@@ -330,6 +393,7 @@ class CallSession:
                         winner = rung
                     case ChannelDestroyed(cause=cause, cause_txt=cause_txt):
                         rung.ended = True
+                        self.last_leg_cause = cause
                         self.app.phones.release(rung.target.staff_id, call_id)
                         self.log_event(EventKind.LEG_ENDED, staff=rung.target.staff_id,
                                        reason=_cause_name(cause, cause_txt), cause=cause)
@@ -356,9 +420,13 @@ class CallSession:
             if why is not None:
                 self.log_event(EventKind.LEG_ENDED, staff=leg.target.staff_id, reason=why)
 
-    async def _talk(self, leg: Leg, *, record: bool) -> None:
-        """Bridge the caller with the manager who answered; record; wait for the end."""
+    async def _talk(self, leg: Leg, *, record: bool, by: str | None = None) -> None:
+        """Bridge the caller with the manager who answered; record; wait for the end.
+
+        ``by``: who talks for pbxbrain's side (click-to-call: the manager, not the leg).
+        """
         call_id = self.call.call_id
+        by = by or leg.target.staff_id
         await self._answer_caller_for(leg)
         bridge_id = f"{call_id}-bridge"
         self.app.route(bridge_id, self)
@@ -366,10 +434,12 @@ class CallSession:
         await self.ari.create_bridge(bridge_id, kind="mixing", name=f"call {call_id}")
         await self.ari.add_channel(bridge_id, self.call.channel_id)
         await self.ari.add_channel(bridge_id, leg.channel_id)
-        now = self.app.clock()
-        self.journal.answered(call_id, now, leg.target.staff_id)
-        self.log_event(EventKind.BRIDGED, staff=leg.target.staff_id, bridge=bridge_id,
+        now = self.talk_started = self.app.clock()
+        self.journal.answered(call_id, now, by)
+        self.log_event(EventKind.BRIDGED, staff=by, bridge=bridge_id,
                        after_s=round((now - self.call.at).total_seconds(), 3))
+        self.answered_event("client" if self.call.direction is Direction.OUTBOUND
+                            else "manager", by)
         recording: str | None = None
         if record:
             recording = await self._start_recording(f"bridges/{bridge_id}", f"{call_id}-talk",
@@ -384,8 +454,8 @@ class CallSession:
                           ChannelLeftBridge) and isinstance(channel, Channel) and (
                     channel.id == leg.channel_id):
                 break
-        by = "caller" if self.caller_gone is not None else leg.target.staff_id
-        self.log_event(EventKind.HANGUP, by=by,
+        self.log_event(EventKind.HANGUP, by="caller" if self.caller_gone is not None
+                       else leg.target.staff_id or "client",
                        talk_s=round((self.app.clock() - now).total_seconds(), 3))
         if self.caller_gone is None:
             with contextlib.suppress(AriNotFound):
@@ -556,6 +626,8 @@ class StasisApp:
         self._tasks: set[asyncio.Task[None]] = set()
         self.accepting = True
         self.calls_started = 0
+        # Live events for the API's /v1/events and the CRM's screen pop (never blocks).
+        self.publish: Callable[[str, Mapping[str, object]], None] = lambda _t, _d: None
         self.db_ready: asyncio.Event | None = None  # recovery waits for migrations
 
     @property
@@ -632,7 +704,15 @@ class StasisApp:
                  call.caller, dialed, channel.name)
         self._spawn(session.run(), session)
 
-    def _spawn(self, coro: Coroutine[Any, Any, None], session: CallSession | None) -> None:
+    def adopt(self, session: CallSession, *, on_done: Callable[[], None] | None = None) -> None:
+        """Run a session started by pbxbrain itself (click-to-call)."""
+        self._routes[session.call.channel_id] = session
+        self._sessions[session.call.call_id] = session
+        self.calls_started += 1
+        self._spawn(session.run(), session, on_done)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], session: CallSession | None,
+               on_done: Callable[[], None] | None = None) -> None:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
         if session is not None:
@@ -640,6 +720,8 @@ class StasisApp:
 
         def done(t: asyncio.Task[None]) -> None:
             self._tasks.discard(t)
+            if on_done is not None:
+                on_done()
             if session is not None:
                 self._sessions.pop(session.call.call_id, None)
                 for key in [k for k, s in self._routes.items() if s is session]:

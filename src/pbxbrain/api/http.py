@@ -1,37 +1,19 @@
-"""The HTTP API (aiohttp). For now: ``GET /v1/health``.
+"""Compatibility entry point: ``make_http_app(probe)`` serves only ``GET /v1/health``.
 
-Later endpoints (click-to-call, calls, recordings, events) hang off the same factory.
+The whole API is ``pbxbrain.api.app.make_http_app(ApiDeps(...))``; this module stays for
+callers that have only a health probe.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
-
 from aiohttp import web
 
-from pbxbrain import __version__
+from pbxbrain.api.app import health, make_health_app
+from pbxbrain.api.deps import HEALTH, HealthProbe
 
-#: ``component -> "ok" | what is wrong``; ``ready`` says whether calls can be taken.
-HealthProbe = Callable[[], Awaitable[Mapping[str, str]]]
-
-HEALTH = web.AppKey[HealthProbe]("health")
-
-
-async def health(request: web.Request) -> web.Response:
-    """200 when ARI, AMI and the database are all fine, else 503 with what is wrong."""
-    checks = dict(await request.app[HEALTH]())
-    ready = all(v == "ok" for v in checks.values())
-    body = {
-        "status": "ok" if ready else "unavailable",
-        "version": __version__,
-        "checks": checks,
-    }
-    return web.json_response(body, status=200 if ready else 503)
+__all__ = ["HEALTH", "HealthProbe", "health", "make_http_app"]
 
 
 def make_http_app(probe: HealthProbe) -> web.Application:
-    """Build the aiohttp application."""
-    app = web.Application(client_max_size=64 * 1024)
-    app[HEALTH] = probe
-    app.router.add_get("/v1/health", health)
-    return app
+    """An application with only ``/v1/health`` (see ``pbxbrain.api.app`` for the API)."""
+    return make_health_app(probe)

@@ -32,6 +32,8 @@ class CallOutcome(enum.StrEnum):
     VOICEMAIL = "voicemail"  # the caller left a message
     AFTER_HOURS = "after_hours"  # outside working hours, no message left
     DIALPLAN = "dialplan"  # handed back to the dialplan (fallback or pass-through)
+    NO_ANSWER = "no_answer"  # outbound: the manager or the client did not pick up
+    BUSY = "busy"  # outbound: the client's line was busy
     FAILED = "failed"  # pbxbrain or Asterisk failed; the journal says why
 
 
