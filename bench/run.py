@@ -225,8 +225,22 @@ def run_load(box: Sandbox, column: str, rate: float, seconds: float, call_s: flo
         result.app_cpu_ms_per_call = (cpu_seconds(app_pid) - app_cpu0) * 1000 / calls
         result.app_peak_rss_mb = peak_rss_mb(app_pid)
     subprocess.run(["rm", "-rf", str(workdir)], check=False)
-    box.wait_idle(timeout_s=call_s + 30)
+    settle(box, call_s + 60)
     return result
+
+
+def settle(box: Sandbox, timeout_s: float) -> None:
+    """Wait until Asterisk has no channels left; an overloaded ARI may drop requests."""
+    def idle() -> bool:
+        try:
+            return not box.channels() and not box.bridges()
+        except OSError:
+            return False
+
+    try:
+        wait_for("Asterisk to settle", idle, timeout_s, interval_s=0.5)
+    except AssertionError as exc:
+        print(f"  (not settled: {exc})", file=sys.stderr)
 
 
 def _last_stat_row(path: Path) -> dict[str, str]:
@@ -321,8 +335,8 @@ def main() -> int:
     parser.add_argument("--call-seconds", type=float, default=3, help="talk time per call")
     parser.add_argument("--managers", type=int, default=300)
     parser.add_argument("--columns", default="baseline,minimal,pbxbrain")
-    parser.add_argument("--profile", metavar="FILE", help="run pbxbrain under py-spy, "
-                        "write collapsed stacks to FILE (CPU figures then include py-spy)")
+    parser.add_argument("--profile", metavar="FILE", help="run pbxbrain under cProfile, "
+                        "write its stats to FILE (CPU figures then include the profiler)")
     args = parser.parse_args()
     rates = [float(r) for r in args.rates.split(",")]
     columns = args.columns.split(",")
@@ -356,8 +370,7 @@ def main() -> int:
     command = [sys.executable, "-m", "pbxbrain", "run", "--config", str(config),
                "--log-level", "WARNING"]
     if args.profile:
-        command = [str(Path(sys.executable).parent / "py-spy"), "record", "--format", "raw",
-                   "-o", args.profile, "--", *command]
+        command = [sys.executable, "-m", "cProfile", "-o", args.profile, *command[1:]]
     app = subprocess.Popen(command, env=env, cwd=REPO, preexec_fn=die_with_parent)  # noqa: PLW1509
     minimal = subprocess.Popen([sys.executable, str(REPO / "bench" / "minimal_stasis.py"),
                                 *ARI], cwd=REPO, preexec_fn=die_with_parent)  # noqa: PLW1509
@@ -367,7 +380,13 @@ def main() -> int:
             for column in columns:
                 pid = {"pbxbrain": app.pid, "minimal": minimal.pid}.get(column)
                 print(f"{column:9s} {rate:5g} cps ...", end=" ", flush=True)
-                col = run_load(box, column, rate, args.seconds, args.call_seconds, pid)
+                try:
+                    col = run_load(box, column, rate, args.seconds, args.call_seconds, pid)
+                except (OSError, subprocess.SubprocessError) as exc:
+                    col = Column(column, rate, attempted=int(rate * args.seconds),
+                                 failed=int(rate * args.seconds))
+                    print(f"step failed: {exc!r}", file=sys.stderr)
+                    settle(box, 60)
                 report.columns.append(col)
                 print(f"ok {col.completed}/{col.attempted}, failed {col.failed}, "
                       f"pdd p50 {col.pdd_ms_p50} p99 {col.pdd_ms_p99} ms", flush=True)

@@ -155,3 +155,30 @@ def test_given_bad_requests_then_4xx_and_no_channel_in_asterisk(
         status, _, answer = api(daemon, "POST", "/v1/calls", body, headers)
         assert status == expected, (body, status, answer)
     assert live_asterisk.channels() == []
+
+
+def test_given_a_manager_dials_out_from_his_desk_phone_then_caller_id_recording_journal(
+    daemon: Daemon, live_asterisk: Sandbox
+) -> None:
+    client = live_asterisk.pstn_phone("phone_answers.xml")
+    manager = live_asterisk.sipp(
+        "phone_calls.xml", "127.0.0.1:5060", "-i", "127.0.0.1", "-m", "1",
+        "-s", "89163000010", "-key", "caller", "101", "-key", "password", "change-me-101",
+        "-key", "talk_ms", "1200")
+    ok(manager, client.wait())
+
+    def journaled() -> dict[str, Any] | None:
+        status, _, body = api(daemon, "GET", "/v1/calls?number=%2B79163000010")
+        calls = json.loads(body)["calls"] if status == 200 else []
+        return calls[0] if calls and calls[0]["outcome"] else None
+
+    listed = wait_for("the outbound call in the journal", journaled)
+    call = finished(daemon, listed["call_id"])
+    assert call["direction"] == "outbound"
+    assert call["dialed"] == "+79163000010"
+    assert call["outcome"] == "answered"
+    assert call["answered_by"] == "ivanov"
+    assert call["line"] == CALLER_ID
+    (rec,) = call["recordings"]
+    assert rec["duration_s"] is not None
+    assert rec["duration_s"] >= 0.5

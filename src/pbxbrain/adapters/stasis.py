@@ -64,7 +64,7 @@ from pbxbrain.domain.model import (
     OutboxMessage,
     RecordingInfo,
 )
-from pbxbrain.domain.phone import normalize_caller
+from pbxbrain.domain.phone import normalize_caller, to_e164
 from pbxbrain.domain.plan import Plan, Play, Reject, Ring, RingMode, Target, Voicemail
 from pbxbrain.domain.sla import is_missed, missed_call_for, sla_for
 from pbxbrain.ports import CallStore, PhoneStates
@@ -259,15 +259,16 @@ class CallSession:
                 case Ring(targets=targets, mode=mode, timeout_s=timeout_s):
                     groups = [targets] if mode is RingMode.ALL else [(t,) for t in targets]
                     for group in groups:
-                        leg = await self._ring(group, timeout_s)
+                        leg = await self._ring(group, timeout_s, caller_id=step.caller_id)
                         if leg is not None:
-                            await self._talk(leg, record=plan.record)
-                            return CallOutcome.ANSWERED, leg.target.staff_id
+                            await self._talk(leg, record=plan.record, by=plan.manager)
+                            return CallOutcome.ANSWERED, plan.manager or leg.target.staff_id
         self._check_caller()
         # Nobody took it: the plan ran out. Tell Asterisk (the caller hears busy/no answer).
+        busy = plan.unanswered_outcome is CallOutcome.NO_ANSWER and self.last_leg_cause == 17
         with contextlib.suppress(AriNotFound):
-            await self.ari.hangup(self.call.channel_id, "no_answer")
-        return plan.unanswered_outcome, None
+            await self.ari.hangup(self.call.channel_id, "busy" if busy else "no_answer")
+        return (CallOutcome.BUSY if busy else plan.unanswered_outcome), None
 
     # -- steps -----------------------------------------------------------------------
     async def _answer_caller(self) -> None:
@@ -685,6 +686,8 @@ class StasisApp:
                           "in the dialplan", channel.name, args)
                 self._spawn(self._continue_quietly(channel.id), None)
                 return
+        if direction is Direction.OUTBOUND:  # journal the client's number as E.164
+            dialed = to_e164(dialed, self.settings.default_region) or dialed
         call = InboundCall(
             call_id=uuid.uuid4().hex,
             channel_id=channel.id,
@@ -738,7 +741,8 @@ class StasisApp:
                    ) -> list[OutboxMessage]:
         """Outbox rows committed with the outcome: a missed-call task for the responsible
         manager, or "called back" when a manager talked to a client."""
-        client = call.caller if call.direction is Direction.INBOUND else None
+        client = {Direction.INBOUND: call.caller,
+                  Direction.OUTBOUND: call.dialed}.get(call.direction)
         if client is None or not client.startswith("+"):
             return []  # internal calls, anonymous or unparseable numbers: no CRM contact
         if plan is not None and plan.unanswered_outcome is CallOutcome.REJECTED:

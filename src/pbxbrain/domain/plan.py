@@ -53,6 +53,7 @@ class Ring:
     mode: RingMode
     timeout_s: int
     why: str = ""
+    caller_id: str | None = None  # shown to the targets (outbound: the department's number)
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +105,7 @@ class Plan:
     skipped: tuple[Skip, ...] = ()
     notes: tuple[str, ...] = ()  # human-readable explanation, in order
     assign_sticky: str | None = None  # remember this manager for the caller (sticky)
+    manager: str | None = None  # outbound: the manager who placed the call
     cursor_used: Mapping[str, int] = field(default_factory=dict)  # department -> position
     fallback: bool = False  # hand the call to the dialplan fallback when the steps are done
 

@@ -40,6 +40,13 @@ randomness. The rules, applied in this order (the first that decides wins):
    department's head (first member when headless); else the head (first member) of the
    first department of the route (department and region steps); else a route's voicemail
    box likewise; else None. Internal calls and unknown lines: None.
+0. Outbound calls from a desk phone (checked before everything else): the phone's caller
+   number must be a manager's short number, and the dialed number must pass
+   ``domain.dialing`` (valid, allowed by ``numbers.dial_allowed``, not premium rate);
+   else ``Reject(congestion)``, rule ``outbound_refused``, outcome ``rejected``. Allowed:
+   one Ring of the client through the trunk, shown the caller ID of the manager's
+   department (or the department he heads), for ``click_to_call.client_ring_seconds``;
+   rule ``outbound``, recorded, no missed-call task; unanswered: ``no_answer``.
 """
 
 from __future__ import annotations
@@ -61,6 +68,7 @@ from pbxbrain.config import (
     RouteStep,
     VoicemailStep,
 )
+from pbxbrain.domain.dialing import DialRefused, validate_dial_number
 from pbxbrain.domain.model import CallOutcome, Direction, InboundCall
 from pbxbrain.domain.phone import to_e164
 from pbxbrain.domain.plan import (
@@ -501,6 +509,8 @@ def decide(call: InboundCall, facts: Facts, config: Config, now: datetime) -> Pl
     Pure: the same arguments always give the same plan. The rules are at the top of
     this module.
     """
+    if call.direction is Direction.OUTBOUND:
+        return _outbound(call, config)
     caller = _caller_e164(call.caller, config)
     found = find_line(call.dialed, config)
     number, line = found if found is not None else (None, None)
@@ -557,6 +567,38 @@ def decide(call: InboundCall, facts: Facts, config: Config, now: datetime) -> Pl
     walk.notes.append(f"missed-call task for {responsible} ({why})" if responsible
                       else f"missed-call task for nobody ({why})")
     return _plan(walk, number=number, source=source, rule="route", responsible=responsible)
+
+
+def _outbound(call: InboundCall, config: Config) -> Plan:
+    """Rule 0: a manager dials out from his desk phone."""
+    who = _short(call.caller_raw or call.caller, config)
+    if who is None or who[0] != "staff":
+        return _refused(f"outbound call from {call.caller_raw or call.caller}, which is no "
+                        "manager's short number: refused")
+    staff_id = who[1]
+    try:
+        number = validate_dial_number(call.dialed, config.numbers.default_region,
+                                      config.numbers.dial_allowed)
+    except DialRefused as exc:
+        return _refused(f"{staff_id} dialed {call.dialed!r}: {exc.reason}", manager=staff_id)
+    department_id = config.department_of(staff_id) or next(
+        (d for d, dep in config.departments.items() if dep.head == staff_id), None)
+    caller_id = (config.departments[department_id].caller_id
+                 if department_id is not None else None)
+    client = Target("", f"PJSIP/{number}@{config.asterisk.trunk}", kind="client")
+    ring = Ring((client,), RingMode.ALL, config.click_to_call.client_ring_seconds,
+                why=f"outbound call by {staff_id}", caller_id=caller_id)
+    shown = caller_id or "the phone's own caller ID (no department caller_id)"
+    return Plan(steps=(ring,), line=caller_id, source="outbound", rule="outbound",
+                record=True, responsible=None, unanswered_outcome=CallOutcome.NO_ANSWER,
+                manager=staff_id,
+                notes=(f"outbound call by {staff_id} to {number}", f"caller ID: {shown}"))
+
+
+def _refused(why: str, manager: str | None = None) -> Plan:
+    return Plan(steps=(Reject("congestion", why=why),), line=None, source="outbound",
+                rule="outbound_refused", record=False, responsible=None,
+                unanswered_outcome=CallOutcome.REJECTED, manager=manager, notes=(why,))
 
 
 def _after_hours(walk: _Walk, number: str, line: Line, holiday: date | None,
