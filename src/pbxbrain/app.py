@@ -22,6 +22,7 @@ from aiohttp import web
 from pbxbrain.adapters.ami import AmiClient
 from pbxbrain.adapters.ari import AriClient, AriEventStream
 from pbxbrain.adapters.click_to_call import ClickToCallService
+from pbxbrain.adapters.crm_builtin import BuiltinCrm
 from pbxbrain.adapters.crm_factory import CachedLookup, make_crm
 from pbxbrain.adapters.crm_store import SqlOutbox
 from pbxbrain.adapters.db import SqlCallStore, create_engine
@@ -131,7 +132,10 @@ class Daemon:
         http_app = make_http_app(ApiDeps(
             config=self.config, health=self.health, store=self.store,
             recordings=self.store, recording_files=self.recordings,
-            click_to_call=self.click_to_call, events=self.bus))
+            click_to_call=self.click_to_call, events=self.bus,
+            contacts=self.crm if isinstance(self.crm, BuiltinCrm) else None,
+            outbox=self.outbox, on_contacts_changed=self.crm_lookup.clear,
+            on_delivery_retry=self.outbox_worker.poke))
         self._runner = web.AppRunner(http_app, access_log=None)
         await self._runner.setup()
         host, port = self.config.http.host, self.config.http.port

@@ -419,7 +419,7 @@ class AsteriskConfig(_Model):
     fallback_context: Name | None = None
 
 
-Scope = Literal["originate", "callback", "read", "recordings"]
+Scope = Literal["originate", "callback", "read", "recordings", "contacts", "admin"]
 
 
 class ApiToken(_Model):

@@ -6,15 +6,17 @@ Concrete adapters live in ``pbxbrain.adapters``; unit tests use small hand-writt
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 from pbxbrain.domain.model import (
     CallOutcome,
     CallSummary,
     Contact,
     DeliveryFailure,
+    ImportReport,
     InboundCall,
     JournalEntry,
     MissedCall,
@@ -22,6 +24,8 @@ from pbxbrain.domain.model import (
     OutboxMessage,
     PendingDelivery,
     RecordingInfo,
+    Task,
+    TaskStatus,
 )
 
 
@@ -34,6 +38,9 @@ class CallStore(Protocol):
 
     async def ping(self) -> None:
         """Raise StoreUnavailable when the database does not answer."""
+
+    def batch(self) -> AbstractAsyncContextManager[None]:
+        """The writes made inside this block share one transaction (one commit)."""
 
     async def open_call(self, call: InboundCall, *, line: str | None = None,
                         source: str | None = None) -> None:
@@ -195,6 +202,46 @@ class OutboxStore(Protocol):
     async def retry_now(self, delivery_id: int) -> bool:
         """Make an undelivered row due now (also one failed for good); False when there is
         no such undelivered row."""
+
+
+class OutboxAdmin(Protocol):
+    """The outbox as the HTTP API shows it: failed deliveries, and retrying one by hand
+    (``SqlOutbox``). Raises StoreUnavailable when the database is down."""
+
+    async def failed_deliveries(self, limit: int = 100, *,
+                                before_id: int | None = None) -> list[DeliveryFailure]:
+        """Undelivered rows that failed at least once (retrying, or failed for good), newest
+        first; ``before_id`` is the last id of the previous page."""
+
+    async def retry_now(self, delivery_id: int) -> bool:
+        """Make an undelivered row due now (also one failed for good); False when there is
+        no such undelivered row."""
+
+
+class ContactBook(Protocol):
+    """The built-in CRM's contacts and missed-call tasks, as the HTTP API manages them
+    (``BuiltinCrm``). Every method raises StoreUnavailable when the database is down."""
+
+    async def import_contacts(self, rows: str | Sequence[Mapping[str, Any]], *,
+                              dry_run: bool = False) -> ImportReport:
+        """Create or update contacts from CSV text (a header row naming ``phone`` and any of
+        ``name``, ``owner``, ``crm_ref``) or a list of such records. Invalid records are
+        reported (record number, field, reason) and skipped, the others written in one
+        transaction; a file of the wrong shape is refused whole (errors on row 0).
+        ``dry_run`` only validates."""
+
+    async def list_tasks(self, *, status: TaskStatus | None = None,
+                         responsible: str | None = None, phone: str | None = None,
+                         limit: int = 100, before: str | None = None) -> list[Task]:
+        """Tasks, newest first, filtered; ``before`` is the last task id of the previous
+        page."""
+
+    async def get_task(self, task_id: str) -> Task | None:
+        """One task, or None."""
+
+    async def close_task(self, task_id: str, by: str) -> Task | None:
+        """Close a task by hand; a closed task stays as it was. The task as it is now, or
+        None when unknown."""
 
 
 class ClickToCallUnavailable(Exception):

@@ -3,19 +3,24 @@
 ``FakeStore`` holds a few calls (newest first like the real store, paging by ``before_id``);
 ``FakeClickToCall`` records what it was asked (the "no channel is created in Asterisk"
 check of a refused request is "``requests`` is empty"); ``FakeClock`` is the monotonic
-clock of the rate limits, moved by hand.
+clock of the rate limits, moved by hand. ``FakeContactBook`` is the built-in CRM's contacts
+and tasks in memory, ``FakeOutbox`` the failed deliveries.
 """
 
 from __future__ import annotations
 
 import contextlib
+import csv
 import dataclasses
 import hashlib
+import io
+import re
 import textwrap
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
@@ -27,18 +32,23 @@ from pbxbrain.config import Config, parse_config
 from pbxbrain.domain.model import (
     CallOutcome,
     CallSummary,
+    DeliveryFailure,
     Direction,
     EventKind,
+    ImportReport,
+    ImportRowError,
     InboundCall,
     JournalEntry,
     OriginateRequest,
     OutboxMessage,
     PendingDelivery,
     RecordingInfo,
+    Task,
+    TaskStatus,
 )
 from pbxbrain.ports import ClickToCallRefused, ClickToCallUnavailable
 
-CRM_TOKEN = "crm-0123456789abcdef"  # originate, read, recordings
+CRM_TOKEN = "crm-0123456789abcdef"  # originate, read, recordings, contacts, admin
 READER_TOKEN = "reader-0123456789abcdef"  # read
 WEBSITE_TOKEN = "website-0123456789abcdef"  # callback
 TOKENS = {"crm": CRM_TOKEN, "reader": READER_TOKEN, "website": WEBSITE_TOKEN}
@@ -58,7 +68,8 @@ def api_config(extra_http: str = "", dial_allowed: str = '["+7"]',
           trunk: pstn
         http:
           tokens:
-            - {{name: crm, sha256: "{sha(CRM_TOKEN)}", scopes: [originate, read, recordings]}}
+            - {{name: crm, sha256: "{sha(CRM_TOKEN)}",
+               scopes: [originate, read, recordings, contacts, admin]}}
             - {{name: reader, sha256: "{sha(READER_TOKEN)}", scopes: [read]}}
             - {{name: website, sha256: "{sha(WEBSITE_TOKEN)}", scopes: [callback]}}
         """) + textwrap.indent(textwrap.dedent(extra_http), "  ") + textwrap.dedent(f"""\
@@ -114,6 +125,10 @@ class FakeStore:
 
     async def ping(self) -> None:
         return None
+
+    @contextlib.asynccontextmanager
+    async def batch(self) -> AsyncIterator[None]:
+        yield
 
     async def open_call(self, call: InboundCall, *, line: str | None = None,
                         source: str | None = None) -> None:
@@ -205,6 +220,159 @@ class FakeClickToCall:
         return self.busy.get(staff_id, 0)
 
 
+class FakeContactBook:
+    """The built-in CRM's contacts and tasks in memory.
+
+    Imports check a little of what the real one checks (a phone is ``+`` and 7-15 digits,
+    an owner is a staff id, a CSV header names a phone column) and count a known phone as
+    updated. ``imports`` records what each import got; ``fail`` is raised by every method.
+    Task ids are numbers, listed newest (highest) first.
+    """
+
+    def __init__(self, staff: Collection[str]) -> None:
+        self.staff = frozenset(staff)
+        self.contacts: dict[str, dict[str, Any]] = {}
+        self.tasks: dict[str, Task] = {}
+        self.imports: list[tuple[str | list[dict[str, Any]], bool]] = []
+        self.closed: list[tuple[str, str]] = []
+        self.fail: Exception | None = None
+
+    def _check(self) -> None:
+        if self.fail is not None:
+            raise self.fail
+
+    async def import_contacts(self, rows: str | Sequence[Mapping[str, Any]], *,
+                              dry_run: bool = False) -> ImportReport:
+        self._check()
+        self.imports.append((rows if isinstance(rows, str) else [dict(r) for r in rows],
+                             dry_run))
+        if isinstance(rows, str):
+            try:
+                reader = csv.reader(io.StringIO(rows.strip(), newline=""))
+                header = next(reader, [])
+                records = [dict(zip(header, cells, strict=False)) for cells in reader]
+            except csv.Error as exc:
+                header, records = [], []
+                problem = f"not CSV: {exc}"
+            else:
+                problem = "no phone column"
+            if "phone" not in header:
+                return ImportReport(total=0, dry_run=dry_run, errors=(
+                    ImportRowError(0, "header", problem),))
+        else:
+            records = [dict(r) for r in rows]
+        errors: list[ImportRowError] = []
+        created = updated = 0
+        for number, record in enumerate(records, start=1):
+            phone, owner = record.get("phone", ""), record.get("owner") or None
+            if not re.fullmatch(r"\+[0-9]{7,15}", phone):
+                errors.append(ImportRowError(number, "phone", f"'{phone}' is not a valid "
+                                                              f"phone number"))
+                continue
+            if owner is not None and owner not in self.staff:
+                errors.append(ImportRowError(number, "owner", f"unknown manager '{owner}'"))
+                continue
+            if phone in self.contacts:
+                updated += 1
+            else:
+                created += 1
+            if not dry_run:
+                self.contacts.setdefault(phone, {}).update(
+                    {k: v for k, v in record.items() if v})
+        return ImportReport(total=len(records), created=created, updated=updated,
+                            errors=tuple(errors), dry_run=dry_run)
+
+    async def list_tasks(self, *, status: TaskStatus | None = None,
+                         responsible: str | None = None, phone: str | None = None,
+                         limit: int = 100, before: str | None = None) -> list[Task]:
+        self._check()
+        if before is not None and not before.isdigit():
+            return []
+        rows = sorted(self.tasks.values(), key=lambda t: int(t.task_id), reverse=True)
+        return [t for t in rows
+                if (status is None or t.status == status)
+                and (responsible is None or t.responsible == responsible)
+                and (phone is None or t.phone == phone)
+                and (before is None or int(t.task_id) < int(before))][:max(0, limit)]
+
+    async def get_task(self, task_id: str) -> Task | None:
+        self._check()
+        return self.tasks.get(task_id)
+
+    async def close_task(self, task_id: str, by: str) -> Task | None:
+        self._check()
+        task = self.tasks.get(task_id)
+        if task is None:
+            return None
+        self.closed.append((task_id, by))
+        if task.status == TaskStatus.OPEN:
+            task = self.tasks[task_id] = dataclasses.replace(
+                task, status=TaskStatus.DONE, closed_at=T0 + timedelta(hours=1), closed_by=by)
+        return task
+
+
+class FakeOutbox:
+    """Failed deliveries by id; ``retry_now`` knows only them (``retried`` lists it)."""
+
+    def __init__(self) -> None:
+        self.rows: dict[int, DeliveryFailure] = {}
+        self.retried: list[int] = []
+        self.requests: list[tuple[int, int | None]] = []
+        self.fail: Exception | None = None
+
+    async def failed_deliveries(self, limit: int = 100, *,
+                                before_id: int | None = None) -> list[DeliveryFailure]:
+        if self.fail is not None:
+            raise self.fail
+        self.requests.append((limit, before_id))
+        rows = sorted(self.rows.values(), key=lambda r: r.id, reverse=True)
+        return [r for r in rows if before_id is None or r.id < before_id][:max(0, limit)]
+
+    async def retry_now(self, delivery_id: int) -> bool:
+        if self.fail is not None:
+            raise self.fail
+        if delivery_id not in self.rows:
+            return False
+        self.retried.append(delivery_id)
+        return True
+
+
+def make_task(n: int, *, status: TaskStatus = TaskStatus.OPEN, responsible: str = "ivanov",
+              phone: str = "+79161234567") -> Task:
+    """Task number ``n``, created ``n`` minutes after T0."""
+    created = T0 + timedelta(minutes=n)
+    done = status == TaskStatus.DONE
+    return Task(task_id=str(n), phone=phone, responsible=responsible,
+                due_at=created + timedelta(minutes=15), status=status, created_at=created,
+                misses=n, last_call_id=f"call{n:04d}",
+                closed_at=created + timedelta(minutes=5) if done else None,
+                closed_by=responsible if done else None,
+                callback_delay_s=300.0 if done else None)
+
+
+def make_failure(n: int, *, failed: bool = False) -> DeliveryFailure:
+    """Delivery ``n``: a missed call's message that failed ``n`` times."""
+    created = T0 + timedelta(minutes=n)
+    return DeliveryFailure(id=n, key=f"missed:call{n:04d}", kind="missed_call",
+                           call_id=f"call{n:04d}", attempts=n,
+                           last_error="CRM said 400" if failed else "CRM said 503",
+                           created_at=created, next_attempt_at=created + timedelta(minutes=10),
+                           failed_at=created + timedelta(minutes=1) if failed else None)
+
+
+def seed_crm(book: FakeContactBook, outbox: FakeOutbox) -> None:
+    """Tasks 1-5 (4 and 5 done; 2 and 5 petrov's; 3 of another phone) and task 42 (the
+    document's example); deliveries 1-4 (2 failed for good) and 12 (the example)."""
+    for n in range(1, 6):
+        book.tasks[str(n)] = make_task(
+            n, status=TaskStatus.DONE if n >= 4 else TaskStatus.OPEN,
+            responsible="petrov" if n in (2, 5) else "ivanov",
+            phone="+74959876543" if n == 3 else "+79161234567")
+    book.tasks["42"] = make_task(42)
+    for n in (1, 2, 3, 4, 12):
+        outbox.rows[n] = make_failure(n, failed=n == 2)
+
+
 WAV_BYTES = bytes(range(256)) * 4  # 1024 bytes of known content
 
 
@@ -248,11 +416,14 @@ class Harness:
     clock: FakeClock
     bus: EventBus
     recordings_dir: Path
+    book: FakeContactBook | None = None
+    outbox: FakeOutbox | None = None
+    notified: list[str] = field(default_factory=list)  # on_contacts_changed, on_delivery_retry
 
 
 def make_deps(tmp: Path, config: Config | None = None, *, heartbeat_s: float = 15.0,
-              health: Mapping[str, str] | None = None) -> Harness:
-    """ApiDeps on fakes, seeded."""
+              health: Mapping[str, str] | None = None, builtin_crm: bool = True) -> Harness:
+    """ApiDeps on fakes, seeded; ``builtin_crm`` False: no contact book (another CRM)."""
     store, ctc, clock, bus = FakeStore(), FakeClickToCall(), FakeClock(), EventBus()
     recordings_dir = tmp / "recordings"
     recordings_dir.mkdir(parents=True, exist_ok=True)
@@ -262,10 +433,18 @@ def make_deps(tmp: Path, config: Config | None = None, *, heartbeat_s: float = 1
     async def probe() -> Mapping[str, str]:
         return checks
 
-    deps = ApiDeps(config=config or api_config(), health=probe, store=store, recordings=store,
+    config = config or api_config()
+    book, outbox = FakeContactBook(config.staff), FakeOutbox()
+    seed_crm(book, outbox)
+    notified: list[str] = []
+    deps = ApiDeps(config=config, health=probe, store=store, recordings=store,
                    recording_files=RecordingDirectory(recordings_dir), click_to_call=ctc,
-                   events=bus, clock=clock, heartbeat_s=heartbeat_s)
-    return Harness(deps, store, ctc, clock, bus, recordings_dir)
+                   events=bus, clock=clock, heartbeat_s=heartbeat_s,
+                   contacts=book if builtin_crm else None, outbox=outbox,
+                   on_contacts_changed=lambda: notified.append("contacts"),
+                   on_delivery_retry=lambda: notified.append("retry"))
+    return Harness(deps, store, ctc, clock, bus, recordings_dir,
+                   book if builtin_crm else None, outbox, notified)
 
 
 Client = TestClient[web.Request, web.Application]
@@ -295,12 +474,16 @@ __all__ = [
     "Client",
     "FakeClickToCall",
     "FakeClock",
+    "FakeContactBook",
+    "FakeOutbox",
     "FakeStore",
     "Harness",
     "api_config",
     "bearer",
     "make_call",
     "make_deps",
+    "make_failure",
+    "make_task",
     "seed",
     "serve",
     "sha",

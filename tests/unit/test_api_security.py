@@ -35,6 +35,12 @@ SCOPED = [
     ("GET", "/v1/calls/call0003", "read"),
     ("GET", "/v1/recordings/rec-1", "recordings"),
     ("GET", "/v1/events", "read"),
+    ("POST", "/v1/contacts", "contacts"),
+    ("GET", "/v1/tasks", "read"),
+    ("GET", "/v1/tasks/1", "read"),
+    ("POST", "/v1/tasks/1/close", "contacts"),
+    ("GET", "/v1/deliveries/failed", "read"),
+    ("POST", "/v1/deliveries/1/retry", "admin"),
 ]
 
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import contextlib
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 
 from pbxbrain.domain.model import (
@@ -27,6 +28,7 @@ class FlakyStore:
         self.failures = failures
         self.writes: list[str] = []
         self.attempts = 0
+        self.batches = 0
         self.signal_at = signal_at
         self.reached = asyncio.Event()  # set once ``signal_at`` attempts were made
 
@@ -37,6 +39,11 @@ class FlakyStore:
         if self.failures > 0:
             self.failures -= 1
             raise StoreUnavailable("database at db:5432 refused the connection")
+
+    @contextlib.asynccontextmanager
+    async def batch(self) -> AsyncIterator[None]:
+        self.batches += 1
+        yield
 
     async def open_call(self, call: InboundCall, *, line: str | None = None,
                         source: str | None = None) -> None:
@@ -71,6 +78,7 @@ async def test_given_writes_then_they_reach_the_store_in_order() -> None:
     worker.cancel()
     assert store.writes == ["open c1", "event answered", "answered ivanov",
                             "close answered outbox=1"]
+    assert store.batches == 1  # queued together, committed together
     assert journal.status == "ok"
 
 

@@ -112,10 +112,15 @@ class AmiClient:
             self._register(self._manager, pattern, handler)
 
     async def start(self) -> None:
-        """Start connecting (in the background; reconnects forever)."""
+        """Start connecting (in the background; reconnects forever).
+
+        AMI sends events only when a handler was registered before: parsing every event
+        of a busy Asterisk costs pbxbrain more CPU than routing its calls.
+        """
         loop = asyncio.get_running_loop()
         manager = _Manager(
             loop=loop,
+            events="on" if self._handlers else "off",
             on_login=self._logged_in,
             on_disconnect=self._disconnected,
             **self._config,

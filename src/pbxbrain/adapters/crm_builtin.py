@@ -21,12 +21,14 @@ closing a task by hand. The rules:
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import json
+import re
 from collections.abc import AsyncIterator, Callable, Collection, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -36,7 +38,15 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from pbxbrain.adapters.crm_store import ContactRow, CrmApplied, SqlAccess, TaskRow
 from pbxbrain.adapters.db import Call
-from pbxbrain.domain.model import CallSummary, Contact, MissedCall, Task, TaskStatus
+from pbxbrain.domain.model import (
+    CallSummary,
+    Contact,
+    ImportReport,
+    ImportRowError,
+    MissedCall,
+    Task,
+    TaskStatus,
+)
 from pbxbrain.domain.phone import to_e164
 from pbxbrain.ports import CrmUnavailable, StoreUnavailable
 
@@ -47,36 +57,14 @@ _MAX_NAME: Final = 255
 _MAX_REF: Final = 128
 _CHUNK: Final = 500
 _OPEN_ONLY = text("status = 'open'")  # the predicate of uq_tasks_open_phone, verbatim
+_YIELD_EVERY: Final = 256  # records validated between two yields to the event loop
+# What no database column can hold: NUL (PostgreSQL refuses it) and lone surrogates (not
+# encodable as UTF-8; JSON can carry them as \ud800).
+_UNSTORABLE: Final = re.compile("[\x00\ud800-\udfff]")
 
 
 def _utcnow() -> datetime:
     return datetime.now(UTC)
-
-
-@dataclass(frozen=True, slots=True)
-class ImportRowError:
-    """One problem of an import. ``row`` is the 1-based number of the record (CSV: the
-    data row, the header not counted; JSON: the list item); 0 for the file as a whole."""
-
-    row: int
-    field: str
-    message: str
-
-
-@dataclass(frozen=True, slots=True)
-class ImportReport:
-    """What an import did: every record is either created, updated or listed in ``errors``."""
-
-    total: int
-    created: int = 0
-    updated: int = 0
-    errors: tuple[ImportRowError, ...] = field(default_factory=tuple)
-    dry_run: bool = False
-
-    @property
-    def ok(self) -> bool:
-        """True when no record was refused."""
-        return not self.errors
 
 
 @dataclass(frozen=True, slots=True)
@@ -356,10 +344,12 @@ class BuiltinCrm(SqlAccess):
             return ImportReport(total=total, errors=tuple(errors), dry_run=dry_run)
         valid: list[_ImportRow] = []
         seen: dict[str, int] = {}
-        for number, record in records:
+        for done, (number, record) in enumerate(records, start=1):
             parsed = self._validate(number, record, seen, errors)
             if parsed is not None:
                 valid.append(parsed)
+            if done % _YIELD_EVERY == 0:
+                await asyncio.sleep(0)  # a big file must not hold up the calls
         created = updated = 0
         if dry_run:
             known = await self._known({r.phone for r in valid}) if valid else set()
@@ -395,6 +385,10 @@ class BuiltinCrm(SqlAccess):
         for name in IMPORT_FIELDS:
             value = record.get(name)
             if value is None:
+                values[name] = None
+            elif isinstance(value, str) and _UNSTORABLE.search(value):
+                problem(name, "contains a NUL character or a lone surrogate, which cannot be "
+                              "stored")
                 values[name] = None
             elif isinstance(value, str | int) and not isinstance(value, bool):
                 values[name] = str(value).strip() or None
@@ -528,8 +522,12 @@ def _csv_records(text_: str) -> _Records:
                                           "columns: phone,name,owner,crm_ref")], 0
     header_line = text_.splitlines()[0]
     delimiter = max(",;\t", key=header_line.count)
-    reader = csv.reader(io.StringIO(text_), delimiter=delimiter)
-    header = [h.strip().lower() for h in next(reader)]
+    # newline="": lines end in \n, \r\n or \r (old Mac exports); quoted newlines are kept.
+    reader = csv.reader(io.StringIO(text_, newline=""), delimiter=delimiter)
+    try:
+        header = [h.strip().lower() for h in next(reader)]
+    except csv.Error as exc:
+        return [], [ImportRowError(0, "header", f"the header is not readable as CSV: {exc}")], 0
     unknown = [h for h in header if h not in IMPORT_FIELDS]
     if unknown or "phone" not in header or len(set(header)) != len(header):
         return [], [ImportRowError(0, "header", f"the header names the columns "
@@ -538,15 +536,19 @@ def _csv_records(text_: str) -> _Records:
     records: list[tuple[int, Mapping[str, Any]]] = []
     errors: list[ImportRowError] = []
     number = 0
-    for cells in reader:
-        if not any(cell.strip() for cell in cells):
-            continue  # blank lines
-        number += 1
-        if len(cells) != len(header):
-            errors.append(ImportRowError(number, "", f"{len(cells)} columns, the header has "
-                                                     f"{len(header)}"))
-            continue
-        records.append((number, dict(zip(header, cells, strict=True))))
+    try:
+        for cells in reader:
+            if not any(cell.strip() for cell in cells):
+                continue  # blank lines
+            number += 1
+            if len(cells) != len(header):
+                errors.append(ImportRowError(number, "", f"{len(cells)} columns, the header "
+                                                         f"has {len(header)}"))
+                continue
+            records.append((number, dict(zip(header, cells, strict=True))))
+    except csv.Error as exc:  # e.g. a field over csv.field_size_limit(): refuse the file
+        return [], [ImportRowError(0, "", f"not readable as CSV after data row {number}: "
+                                          f"{exc}")], number
     return records, errors, number
 
 

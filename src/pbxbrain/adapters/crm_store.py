@@ -320,9 +320,12 @@ class SqlOutbox(SqlAccess):
             ).scalar_one_or_none()
         return int(count), error or ""
 
-    async def failed_deliveries(self, limit: int = 100) -> list[DeliveryFailure]:
+    async def failed_deliveries(
+        self, limit: int = 100, *, before_id: int | None = None
+    ) -> list[DeliveryFailure]:
         """Undelivered rows that failed at least once (retrying or failed for good), newest
-        first."""
+        first; ``before_id`` (the last id of the previous page) pages on."""
+        page = [] if before_id is None else [Outbox.id < before_id]
         stmt = (
             select(
                 Outbox.id,
@@ -335,7 +338,7 @@ class SqlOutbox(SqlAccess):
                 Outbox.next_attempt_at,
                 Outbox.failed_at,
             )
-            .where(Outbox.delivered_at.is_(None), Outbox.attempts > 0)
+            .where(Outbox.delivered_at.is_(None), Outbox.attempts > 0, *page)
             .order_by(Outbox.id.desc())
             .limit(limit)
         )

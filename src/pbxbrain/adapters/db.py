@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -416,6 +417,10 @@ def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+#: The connection of the ``SqlCallStore.batch`` running in this task, if any.
+_BATCH: ContextVar[AsyncConnection | None] = ContextVar("pbxbrain_db_batch", default=None)
+
+
 class SqlCallStore:
     """``CallStore`` over an ``AsyncEngine`` made by ``create_engine``.
 
@@ -460,9 +465,28 @@ class SqlCallStore:
     # ----------------------------------------------------------------- plumbing
 
     @asynccontextmanager
+    async def batch(self) -> AsyncIterator[None]:
+        """Run the writes made inside this block in one transaction.
+
+        Any error undoes the whole batch: the caller retries it after an outage, or writes
+        its entries one by one to find the one the database refuses. The journal writer
+        uses it: one commit for many journal entries.
+        """
+        async with self._tx(write=True) as conn:
+            token = _BATCH.set(conn)
+            try:
+                yield
+            finally:
+                _BATCH.reset(token)
+
+    @asynccontextmanager
     async def _tx(self, *, write: bool) -> AsyncIterator[AsyncConnection]:
         engine = self._writer if write else self._engine
+        shared = _BATCH.get()
         try:
+            if shared is not None:
+                yield shared
+                return
             async with engine.begin() as conn:
                 yield conn
         except sa_exc.StatementError as exc:

@@ -19,6 +19,14 @@ from pbxbrain.api.deps import DEPS, HEALTH, STATE, ApiDeps, ApiState, HealthProb
 from pbxbrain.api.errors import MAX_BODY_BYTES, error_middleware, security_headers
 from pbxbrain.api.openapi import Header, Operation, Param, Reply, build_document, error_replies
 from pbxbrain.api.routes_calls import create_call, get_call, list_calls
+from pbxbrain.api.routes_crm import (
+    close_task,
+    get_task,
+    import_contacts,
+    list_failed_deliveries,
+    list_tasks,
+    retry_delivery,
+)
 from pbxbrain.api.routes_events import close_streams, stream_events
 from pbxbrain.api.routes_recordings import MEDIA_TYPES, OCTET_STREAM, get_recording
 from pbxbrain.api.schemas import (
@@ -30,6 +38,19 @@ from pbxbrain.api.schemas import (
     Health,
     OriginateAccepted,
     OriginateBody,
+)
+from pbxbrain.api.schemas_crm import (
+    DELIVERY_ID_PATTERN,
+    CloseTaskBody,
+    ContactsImport,
+    ContactsImportQuery,
+    DeliveriesQuery,
+    DeliveryList,
+    ImportReportOut,
+    RetryAccepted,
+    TaskList,
+    TaskOut,
+    TasksQuery,
 )
 
 __all__ = [
@@ -66,10 +87,14 @@ async def openapi_json(request: web.Request) -> web.Response:
 
 @dataclass(frozen=True, slots=True)
 class Route:
-    """An endpoint: its documentation and its handler."""
+    """An endpoint: its documentation and its handler.
+
+    ``rate_limited``: counts against the token's ``read_per_token`` limit (default: GETs).
+    """
 
     op: Operation
     handler: Handler
+    rate_limited: bool | None = None
 
 
 _ID_SCHEMA = {"type": "string", "pattern": ID_PATTERN}
@@ -86,6 +111,12 @@ Types: `call.ringing`, `call.answered`, `call.ended`, `screen_pop` (shapes in do
 ignore types you do not know. A comment line `: keep-alive` comes after 15 s without
 events. Reconnect with `Last-Event-ID` to get what you missed (while the server keeps it).
 A client that reads too slowly is disconnected."""
+_TASK_ID = Param("task_id", "path", "The task id.", {**_ID_SCHEMA, "examples": ["42"]})
+_CSV_EXAMPLE = ("phone,name,owner,crm_ref\n"
+                "+74951234567,Romashka LLC,ivanov,C-1042\n"
+                "8 916 123-45-67,Ivan Petrov,,\n")
+_NOT_BUILTIN = "The CRM is not the built-in one: contacts and tasks live there " \
+               "(crm_not_builtin)."
 
 ROUTES: tuple[Route, ...] = (
     Route(Operation(
@@ -162,12 +193,80 @@ ROUTES: tuple[Route, ...] = (
         params=(Param("Last-Event-ID", "header", "The id of the last event received.",
                       {"type": "string"}),),
         tags=("events",)), stream_events),
+    Route(Operation(
+        "POST", "/v1/contacts", "importContacts", "Import contacts (built-in CRM)",
+        "Creates contacts for new numbers and updates known ones with the values given. The "
+        "body is JSON (a list of contacts) or CSV text (Content-Type: text/csv; a header "
+        "row naming phone and any of name, owner, crm_ref; comma, semicolon or tab "
+        "separated; UTF-8 unless the charset says otherwise), at most 2 MiB. Records "
+        "refused (a bad number, an unknown owner, a number given twice, ...) are listed in "
+        "errors; the others are written, in one transaction. The answer is 200 with the "
+        "report even when every record was refused. JSON of the wrong shape, or a CSV "
+        "without a usable header, is a 422 and nothing is imported. dry_run=true only "
+        "checks and counts.",
+        "contacts",
+        (Reply(200, "The import report.", ImportReportOut),
+         *error_replies(400, 401, 403, 409, 413, 415, 422, 429, 503,
+                        text={400: "The body is not valid JSON, or the CSV not valid text in "
+                                   "its charset.",
+                              409: _NOT_BUILTIN,
+                              413: "The body is larger than 2 MiB.",
+                              415: "The body is neither application/json nor text/csv.",
+                              422: "The JSON is not a list of contacts, or the CSV has no "
+                                   "usable header; field names what is at fault."})),
+        query=ContactsImportQuery, body=ContactsImport,
+        body_content={"text/csv": {"type": "string", "examples": [_CSV_EXAMPLE]}},
+        tags=("contacts",)), import_contacts, rate_limited=True),
+    Route(Operation(
+        "GET", "/v1/tasks", "listTasks", "List missed-call tasks (built-in CRM)",
+        "Tasks, newest first. Follow links.next for the next page until it is null.",
+        "read", (Reply(200, "A page of tasks.", TaskList),
+                 *error_replies(401, 403, 409, 422, 429, 503, text={409: _NOT_BUILTIN})),
+        query=TasksQuery, tags=("tasks",)), list_tasks),
+    Route(Operation(
+        "GET", "/v1/tasks/{task_id}", "getTask", "One missed-call task (built-in CRM)",
+        "The task.", "read",
+        (Reply(200, "The task.", TaskOut),
+         *error_replies(401, 403, 404, 409, 429, 503, text={409: _NOT_BUILTIN})),
+        params=(_TASK_ID,), tags=("tasks",)), get_task),
+    Route(Operation(
+        "POST", "/v1/tasks/{task_id}/close", "closeTask", "Close a task by hand (built-in CRM)",
+        "Marks the task done, by the manager given in the optional body (else by the API "
+        "token's name), with no call-back delay. Closing a task that is already done "
+        "changes nothing and answers the task as it is.",
+        "contacts",
+        (Reply(200, "The task, now done.", TaskOut),
+         *error_replies(400, 401, 403, 404, 409, 413, 415, 422, 429, 503,
+                        text={409: _NOT_BUILTIN})),
+        body=CloseTaskBody, body_required=False, params=(_TASK_ID,),
+        tags=("tasks",)), close_task, rate_limited=True),
+    Route(Operation(
+        "GET", "/v1/deliveries/failed", "listFailedDeliveries", "Failed deliveries to the CRM",
+        "Outbox messages (missed calls, call-backs, finished calls) that failed at least "
+        "once and are not delivered, newest first: retrying (retried on their own, with "
+        "backoff) or failed (refused by the CRM; retried only by hand). Follow links.next "
+        "until it is null.",
+        "read", (Reply(200, "A page of failed deliveries.", DeliveryList),
+                 *error_replies(401, 403, 409, 422, 429, 503)),
+        query=DeliveriesQuery, tags=("deliveries",)), list_failed_deliveries),
+    Route(Operation(
+        "POST", "/v1/deliveries/{delivery_id}/retry", "retryDelivery", "Retry a delivery now",
+        "Makes an undelivered message due now (also one the CRM refused) and wakes the "
+        "delivery worker. 404 when there is no such undelivered message.",
+        "admin",
+        (Reply(202, "The delivery is queued.", RetryAccepted),
+         *error_replies(401, 403, 404, 409, 429, 503)),
+        params=(Param("delivery_id", "path", "The delivery id (from the failed list).",
+                      {"type": "string", "pattern": DELIVERY_ID_PATTERN,
+                       "examples": ["12"]}),),
+        tags=("deliveries",)), retry_delivery, rate_limited=True),
 )
 
 _DESCRIPTION = """\
 The HTTP API of pbxbrain, for CRMs: click-to-call, calls and their timelines, recordings,
-live call events. Every endpoint except /v1/health and this document needs
-`Authorization: Bearer <token>`. Every error is `{"error": {"code", "message", "field"?}}`."""
+live call events; the built-in CRM's contacts and tasks; failed deliveries to the CRM.
+Every endpoint except /v1/health and this document needs `Authorization: Bearer <token>`.
+Every error is `{"error": {"code", "message", "field"?}}`."""
 
 
 def openapi_document() -> dict[str, Any]:
@@ -193,7 +292,9 @@ def make_http_app(deps: ApiDeps) -> web.Application:
         op = route.op
         handler = route.handler
         if op.scope is not None:
-            handler = guarded(handler, op.scope, read_limited=op.method == "GET")
+            limited = route.rate_limited if route.rate_limited is not None \
+                else op.method == "GET"
+            handler = guarded(handler, op.scope, read_limited=limited)
         app.router.add_route(op.method, op.path, handler, name=op.operation_id)
     # /v1/health keeps answering HEAD, as it always did.
     app.router.add_route("HEAD", "/v1/health", health)

@@ -18,7 +18,7 @@ from pbxbrain.api.events import EventBus, Subscription
 from pbxbrain.api.idempotency import IdempotencyCache
 from pbxbrain.api.ratelimit import RateLimiter
 from pbxbrain.config import Config
-from pbxbrain.ports import CallStore, ClickToCall, RecordingIndex
+from pbxbrain.ports import CallStore, ClickToCall, ContactBook, OutboxAdmin, RecordingIndex
 
 __all__ = ["DEPS", "HEALTH", "STATE", "ApiDeps", "ApiState", "HealthProbe"]
 
@@ -32,6 +32,12 @@ class ApiDeps:
 
     ``clock`` (monotonic seconds) drives rate limits and idempotency expiry; tests inject
     one. ``heartbeat_s`` is the pause after which ``/v1/events`` sends a comment line.
+
+    ``contacts`` is the built-in CRM (``/v1/contacts``, ``/v1/tasks``); None when the CRM
+    is another one (those endpoints answer 409). ``outbox`` backs ``/v1/deliveries``
+    (None: 409). ``on_contacts_changed`` is called after an import wrote contacts (forget
+    cached lookups); ``on_delivery_retry`` after a delivery was made due again (wake the
+    delivery worker).
     """
 
     config: Config
@@ -43,6 +49,10 @@ class ApiDeps:
     events: EventBus
     clock: Callable[[], float] = time.monotonic
     heartbeat_s: float = 15.0
+    contacts: ContactBook | None = None
+    outbox: OutboxAdmin | None = None
+    on_contacts_changed: Callable[[], None] | None = None
+    on_delivery_retry: Callable[[], None] | None = None
 
 
 @dataclass(slots=True)

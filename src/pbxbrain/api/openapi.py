@@ -59,7 +59,11 @@ class Param:
 
 @dataclass(frozen=True, slots=True)
 class Operation:
-    """One endpoint: what it takes, who may call it, what it answers."""
+    """One endpoint: what it takes, who may call it, what it answers.
+
+    The request body is ``body`` (a model, as application/json) and/or ``body_content``
+    (other media types and their schemas); ``body_required`` False makes it optional.
+    """
 
     method: str
     path: str
@@ -72,6 +76,8 @@ class Operation:
     body: type[BaseModel] | None = None
     params: tuple[Param, ...] = ()
     tags: tuple[str, ...] = ()
+    body_content: Mapping[str, Mapping[str, Any]] | None = None
+    body_required: bool = True
 
 
 _ERROR_TEXT = {
@@ -170,11 +176,13 @@ def build_document(operations: Sequence[Operation], *, version: str,
         }
         if parameters:
             operation["parameters"] = parameters
+        content: JsonSchema = {}
         if op.body is not None:
-            operation["requestBody"] = {
-                "required": True,
-                "content": {"application/json": {"schema": refs[(op.body, "validation")]}},
-            }
+            content["application/json"] = {"schema": refs[(op.body, "validation")]}
+        for media, media_schema in (op.body_content or {}).items():
+            content[media] = {"schema": dict(media_schema)}
+        if content:
+            operation["requestBody"] = {"required": op.body_required, "content": content}
         if op.scope is not None:
             operation["security"] = [{"bearerAuth": []}]
             operation["x-required-scope"] = op.scope
@@ -207,7 +215,7 @@ def build_document(operations: Sequence[Operation], *, version: str,
                     "type": "http", "scheme": "bearer",
                     "description": "An API token from http.tokens (only its sha256 is "
                                    "configured); each token has scopes: originate, callback, "
-                                   "read, recordings.",
+                                   "read, recordings, contacts, admin.",
                 },
             },
         },

@@ -224,6 +224,33 @@ class Task:
     callback_delay_s: float | None = None  # first miss -> call back; None when closed by hand
 
 
+
+@dataclass(frozen=True, slots=True)
+class ImportRowError:
+    """One problem of a contact import. ``row`` is the 1-based number of the record (CSV:
+    the data row, the header not counted; JSON: the list item); 0 for the file as a whole."""
+
+    row: int
+    field: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class ImportReport:
+    """What a contact import did: every record is either created, updated or listed in
+    ``errors`` (``dry_run``: would be)."""
+
+    total: int
+    created: int = 0
+    updated: int = 0
+    errors: tuple[ImportRowError, ...] = field(default_factory=tuple)
+    dry_run: bool = False
+
+    @property
+    def ok(self) -> bool:
+        """True when no record was refused."""
+        return not self.errors
+
 @dataclass(frozen=True, slots=True)
 class OriginateRequest:
     """A click-to-call the HTTP API accepted: ring ``staff_id``'s phone, then dial ``number``.
