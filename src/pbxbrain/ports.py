@@ -52,6 +52,10 @@ class CallStore(Protocol):
     async def append(self, entry: JournalEntry) -> None:
         """Add one journal entry to an open call."""
 
+    async def append_many(self, entries: Sequence[JournalEntry]) -> None:
+        """Add journal entries (of any calls) in one statement; LookupError when a call
+        is unknown (then none is added)."""
+
     async def mark_answered(self, call_id: str, at: datetime, by: str | None) -> None:
         """Record who answered and when (first answer wins; later calls are ignored)."""
 

@@ -42,6 +42,7 @@ class _Write:
     call_id: str
     what: str
     apply: Callable[[CallStore], Awaitable[None]]
+    entry: JournalEntry | None = None  # set for plain journal entries (batched together)
 
 
 class Journal:
@@ -72,7 +73,7 @@ class Journal:
     def event(self, call_id: str, at: datetime, kind: EventKind, **data: object) -> None:
         """Something happened to the call."""
         entry = JournalEntry(call_id=call_id, at=at, kind=kind, data=dict(data))
-        self._put(call_id, kind.value, lambda s: s.append(entry))
+        self._put(call_id, kind.value, lambda s: s.append(entry), entry)
 
     def answered(self, call_id: str, at: datetime, by: str | None) -> None:
         """Who answered, when (the first answer wins)."""
@@ -117,8 +118,9 @@ class Journal:
 
     # -- the worker ------------------------------------------------------------
     def _put(self, call_id: str, what: str,
-             apply: Callable[[CallStore], Awaitable[None]]) -> None:
-        self._queue.append(_Write(call_id, what, apply))
+             apply: Callable[[CallStore], Awaitable[None]],
+             entry: JournalEntry | None = None) -> None:
+        self._queue.append(_Write(call_id, what, apply, entry))
         self._idle.clear()
         self._wakeup.set()
 
@@ -138,8 +140,7 @@ class Journal:
             try:
                 try:
                     async with self._store.batch():
-                        for write in writes:
-                            await write.apply(self._store)
+                        await self._apply_batch(writes)
                 except StoreUnavailable:
                     raise
                 except Exception:
@@ -166,6 +167,20 @@ class Journal:
                 self._queue.popleft()
             if self._outbox_written and self._on_outbox is not None:
                 self._on_outbox()
+
+    async def _apply_batch(self, writes: Sequence[_Write]) -> None:
+        """Apply writes in order; runs of plain journal entries go as one INSERT."""
+        entries: list[JournalEntry] = []
+        for write in writes:
+            if write.entry is not None:
+                entries.append(write.entry)
+                continue
+            if entries:
+                await self._store.append_many(entries)
+                entries = []
+            await write.apply(self._store)
+        if entries:
+            await self._store.append_many(entries)
 
     async def _apply(self, write: _Write) -> None:
         try:

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 
 from pbxbrain.domain.model import CallOutcome, Direction, EventKind
 from tests.e2e.conftest import JournalReader
 from tests.support.asterisk import Sandbox, sandbox, wait_for
-from tests.support.daemon import Daemon, free_port
+from tests.support.daemon import Daemon
 
 pytestmark = pytest.mark.asterisk
 
@@ -121,23 +120,3 @@ def test_given_pbxbrain_is_killed_while_ringing_then_the_restart_hands_the_calle
     assert call.outcome is CallOutcome.DIALPLAN
     assert EventKind.RECOVERED in [e.kind for e in journal.journal(call_id)]
 
-
-def test_given_pbxbrain_already_holds_the_app_then_a_second_one_refuses_to_share_it(
-    daemon: Daemon, live_asterisk: Sandbox, tmp_path: Path
-) -> None:
-    port = free_port()
-    second = Daemon(config=daemon.config, database_url=daemon.database_url, port=port,
-                    recordings=tmp_path / "second", log_path=tmp_path / "second.log",
-                    env={**daemon.env, "PBXBRAIN_HTTP_LISTEN": f"127.0.0.1:{port}"})
-    second.start()
-    try:
-        def refused() -> str | None:
-            status, body = second.health()
-            ari = str(body.get("checks", {}).get("ari", ""))
-            return ari if status == 503 and "already in use" in ari else None
-
-        assert "another pbxbrain" in wait_for("the second daemon to refuse the app", refused)
-        # The first one still takes calls.
-        assert daemon.health()[0] == 200
-    finally:
-        assert second.stop() == 0

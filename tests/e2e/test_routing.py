@@ -94,11 +94,11 @@ def test_given_an_unregistered_phone_then_it_is_skipped_and_the_next_step_rings(
 def test_given_ring_all_when_both_answer_at_once_then_exactly_one_wins(
     daemon: Daemon, live_asterisk: Sandbox, journal: JournalReader
 ) -> None:
-    ivanov = live_asterisk.phone("101")
-    petrov = live_asterisk.phone("102")
+    ivanov = live_asterisk.phone("101", "phone_answers_race.xml")
+    petrov = live_asterisk.phone("102", "phone_answers_race.xml")
     caller = live_asterisk.call_from_pstn(RING_ALL, "+79161000004", "caller_waits.xml",
                                           talk_ms=1000)
-    finish(ivanov, petrov)  # both answered; the loser was hung up (BYE) at once
+    finish(ivanov, petrov)  # both answered; the loser was cancelled or hung up at once
     assert caller.ok, caller.output
 
     call = journal.wait_closed_call("+79161000004")

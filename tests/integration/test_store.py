@@ -129,6 +129,40 @@ async def test_given_entries_then_journal_keeps_insertion_order_and_data(
     assert all(e.at.tzinfo is not None and e.at.utcoffset() == timedelta(0) for e in journal)
 
 
+async def test_given_a_batch_then_entries_of_several_calls_land_in_one_commit(
+    store: SqlCallStore,
+) -> None:
+    async with store.batch():
+        await store.open_call(inbound("b1"))
+        await store.open_call(inbound("b2"))
+        await store.append_many([
+            JournalEntry("b1", T0, EventKind.RINGING, {"staff": "ivanov"}),
+            JournalEntry("b2", T0, EventKind.RINGING, {"staff": "petrov"}),
+            JournalEntry("b1", T0, EventKind.ANSWERED, {"by": "ivanov"}),
+        ])
+    assert [(e.kind, dict(e.data)) for e in await store.journal("b1")] == [
+        (EventKind.ENTERED, {"channel_id": "chan-b1", "caller": "+79161234567",
+                             "dialed": "+74951234567"}),
+        (EventKind.RINGING, {"staff": "ivanov"}),
+        (EventKind.ANSWERED, {"by": "ivanov"}),
+    ]
+    assert [e.kind for e in await store.journal("b2")] == [EventKind.ENTERED,
+                                                           EventKind.RINGING]
+
+
+async def test_given_a_batch_with_an_unknown_call_then_nothing_of_it_is_kept(
+    store: SqlCallStore,
+) -> None:
+    async def batch() -> None:
+        async with store.batch():
+            await store.open_call(inbound("b3"))
+            await store.append_many([JournalEntry("nope", T0, EventKind.RINGING)])
+
+    with pytest.raises(LookupError):
+        await batch()
+    assert await store.get_call("b3") is None
+
+
 async def test_given_unknown_call_then_append_and_close_raise_lookup_error(
     store: SqlCallStore,
 ) -> None:

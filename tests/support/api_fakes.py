@@ -137,6 +137,9 @@ class FakeStore:
     async def append(self, entry: JournalEntry) -> None:
         raise NotImplementedError
 
+    async def append_many(self, entries: Sequence[JournalEntry]) -> None:
+        raise NotImplementedError
+
     async def mark_answered(self, call_id: str, at: datetime, by: str | None) -> None:
         raise NotImplementedError
 

@@ -54,6 +54,10 @@ class FlakyStore:
         self._maybe_fail()
         self.writes.append(f"event {entry.kind.value}")
 
+    async def append_many(self, entries: Sequence[JournalEntry]) -> None:
+        self._maybe_fail()
+        self.writes.extend(f"event {e.kind.value}" for e in entries)
+
     async def mark_answered(self, call_id: str, at: datetime, by: str | None) -> None:
         self._maybe_fail()
         self.writes.append(f"answered {by}")

@@ -716,7 +716,6 @@ class AriEventStream:
         self.connected = asyncio.Event()
         self.last_error: str = "not connected yet"
         self.connects = 0
-        self._warned_taken = False
 
     def _ws_url(self) -> str:
         base = self._client.base_url.replace("http://", "ws://", 1).replace(
@@ -749,35 +748,7 @@ class AriEventStream:
             await asyncio.sleep(delay * (0.5 + random.random()))  # noqa: S311 - jitter only
             delay = min(delay * 2, _BACKOFF_MAX)
 
-    async def _app_taken(self) -> bool:
-        """True when another connection already holds this Stasis app.
-
-        Two processes on one app split its events between them: calls then stall with
-        events missing. Asterisk keeps an app listed after its websocket closed while
-        channels are still in it (a killed pbxbrain's callers, which the restart must
-        rescue), so only an app that is listed *and* holds no channel counts as taken.
-        Checked before the process's first connection only: after our own drop, Asterisk
-        may not have noticed yet, and refusing then could lock us out.
-        """
-        if self.connects:
-            return False
-        try:
-            app = await self._client.application()
-        except AriError:
-            return False  # not registered, or Asterisk down: the connect attempt will say
-        return not app.get("channel_ids")
-
     async def _session_once(self) -> None:
-        if await self._app_taken():
-            self.last_error = (
-                f"Stasis app {self._client.app!r} is already in use by another ARI "
-                "connection (another pbxbrain?); two would steal each other's events. Stop "
-                "the other one, or give this one another asterisk.ari.app (and dialplan)")
-            if not self._warned_taken:
-                log.error("%s; waiting for it to go away", self.last_error)
-                self._warned_taken = True
-            await asyncio.sleep(2.0)
-            return
         async with self._client.session.ws_connect(
             self._ws_url(),
             heartbeat=self._heartbeat,

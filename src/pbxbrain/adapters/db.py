@@ -586,6 +586,19 @@ class SqlCallStore:
         except sa_exc.IntegrityError as exc:
             raise LookupError(f"no call {entry.call_id!r} to journal {entry.kind}") from exc
 
+    async def append_many(self, entries: Sequence[JournalEntry]) -> None:
+        """Add journal entries in one INSERT (the journal writer's batches)."""
+        if not entries:
+            return
+        rows = [{"call_id": e.call_id, "at": e.at, "kind": e.kind.value, "data": dict(e.data)}
+                for e in entries]
+        try:
+            async with self._tx(write=True) as conn:
+                await conn.execute(self._insert(CallEvent), rows)
+        except sa_exc.IntegrityError as exc:
+            raise LookupError(f"a journal entry names an unknown call (one of "
+                              f"{sorted({e.call_id for e in entries})})") from exc
+
     async def mark_answered(self, call_id: str, at: datetime, by: str | None) -> None:
         """Record who answered and when (first answer wins; later calls are ignored)."""
         async with self._tx(write=True) as conn:

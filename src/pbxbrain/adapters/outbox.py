@@ -226,6 +226,7 @@ class OutboxWorker:
         self._on_contact_changed = on_contact_changed
         self._wakeup = asyncio.Event()
         self._failing = 0
+        self._status_dirty = True  # count the failing rows a previous run left
         self._db_error = ""
         self.last_error = ""
         self.delivered_count = 0
@@ -266,7 +267,11 @@ class OutboxWorker:
                         log.info("outbox: took back %d deliveries a previous run of %s "
                                  "had claimed", stale, self._node)
                 handled = await self.run_once()
-                await self.refresh_status()
+                # Re-count failing rows only when that count can have changed: it costs a
+                # query, and the worker runs after every missed or answered call.
+                if self._status_dirty or self._failing:
+                    await self.refresh_status()
+                    self._status_dirty = False
                 if self._db_error:
                     log.info("outbox: database back")
                 self._db_error = ""
@@ -394,6 +399,7 @@ class OutboxWorker:
         await self._crm.log_call(call, p.recording_url, key)
 
     async def _fail(self, row: PendingDelivery, error: str) -> None:
+        self._status_dirty = True
         delay = self.retry_delay(row.attempts)
         self.last_error = error
         log.warning("outbox: %s of call %s failed (attempt %d): %s; next attempt in %.0f s",
@@ -402,6 +408,7 @@ class OutboxWorker:
             row.id, error, self._clock() + timedelta(seconds=delay))
 
     async def _reject(self, row: PendingDelivery, error: str) -> None:
+        self._status_dirty = True
         self.last_error = error
         log.error("outbox: %s of call %s refused for good (attempt %d): %s; marked failed, "
                   "retry it by hand once fixed", row.kind, row.call_id or "-",
