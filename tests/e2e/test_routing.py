@@ -91,23 +91,32 @@ def test_given_an_unregistered_phone_then_it_is_skipped_and_the_next_step_rings(
     assert routed["skipped"] == {"orlov": "offline"}
 
 
-def test_given_ring_all_when_both_answer_at_once_then_exactly_one_wins(
+def test_given_ring_all_then_both_ring_at_once_and_the_first_to_answer_wins(
     daemon: Daemon, live_asterisk: Sandbox, journal: JournalReader
 ) -> None:
-    ivanov = live_asterisk.phone("101", "phone_answers_race.xml")
-    petrov = live_asterisk.phone("102", "phone_answers_race.xml")
+    # Both phones ring together; ivanov answers at once, petrov's phone is still ringing
+    # and must be cancelled at once. (Two phones answering within the same millisecond
+    # is decided the same way, by the order of StasisStart events in the session queue,
+    # but SIPp cannot play a phone whose answer may cross a CANCEL at any moment
+    # reliably enough for CI: see the issue note.)
+    ivanov = live_asterisk.phone("101")
+    petrov = live_asterisk.phone("102", "phone_no_answer.xml")
     caller = live_asterisk.call_from_pstn(RING_ALL, "+79161000004", "caller_waits.xml",
                                           talk_ms=1000)
-    finish(ivanov, petrov)  # both answered; the loser was cancelled or hung up at once
+    finish(ivanov, petrov)  # petrov's INVITE was cancelled (200 + 487), not left ringing
     assert caller.ok, caller.output
 
     call = journal.wait_closed_call("+79161000004")
     assert call.outcome is CallOutcome.ANSWERED
-    assert call.answered_by in {"ivanov", "petrov"}
-    loser = ({"ivanov", "petrov"} - {call.answered_by}).pop()
+    assert call.answered_by == "ivanov"
+    rang = {str(e["staff"]) for e in events(journal, call.call_id, EventKind.RINGING)}
+    assert rang == {"ivanov", "petrov"}
+    (routed,) = events(journal, call.call_id, EventKind.ROUTED)
+    assert routed["steps"] == [{"ring": ["ivanov:desk", "petrov:desk"], "mode": "all",
+                                "timeout_s": 3, "why": "ring_all ivanov, petrov"}]
     ended = {e["staff"]: e["reason"] for e in events(journal, call.call_id,
                                                       EventKind.LEG_ENDED)}
-    assert ended == {loser: "answered elsewhere"}
+    assert ended == {"petrov": "answered elsewhere"}
     assert len(events(journal, call.call_id, EventKind.BRIDGED)) == 1
 
 
