@@ -53,6 +53,7 @@ test: deps venv lint
 run: deps venv sandbox
 	mkdir -p $(STATE)/recordings
 	@echo "pbxbrain: health at http://127.0.0.1:8090/v1/health; call the sandbox with"
+	@echo "  bash scripts/sandbox.sh run sipp -sn uas -i 127.0.0.1 -p 5161 -m 1 &   # phone 101 answers"
 	@echo "  bash scripts/sandbox.sh run sipp 127.0.0.1:5060 -sn uac -i 127.0.0.2 -s 74951234567 -m 1"
 	PBXBRAIN_DATABASE=sqlite+aiosqlite:///$(STATE)/pbxbrain.db \
 	PBXBRAIN_RECORDINGS_DIR=$(STATE)/recordings \
