@@ -22,12 +22,9 @@ is idempotent on the message key, so such a second delivery is harmless.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Final
 
-import sqlalchemy.exc as sa_exc
 from sqlalchemy import (
     Float,
     Index,
@@ -42,17 +39,14 @@ from sqlalchemy import (
     type_coerce,
     update,
 )
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.orm import Mapped, mapped_column
 
 from pbxbrain.adapters.db import (
-    SQLITE_BEGIN_OPTION,
     Base,
     BigIntPK,
     Outbox,
+    SqlAccess,
     UtcDateTime,
-    as_store_unavailable,
 )
 from pbxbrain.domain.model import DeliveryFailure, PendingDelivery
 
@@ -122,60 +116,6 @@ class CrmApplied(Base):
 
     key: Mapped[str] = mapped_column(String(255), primary_key=True)
     applied_at: Mapped[datetime] = mapped_column(UtcDateTime())
-
-
-# --------------------------------------------------------------------------- plumbing
-
-
-def _utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-class SqlAccess:
-    """Transactions on a pbxbrain engine, with ``SqlCallStore``'s rules (see ``db.py``):
-    writers take SQLite's write lock up front; connection failures are StoreUnavailable;
-    a value that cannot be bound is the ValueError/TypeError it is."""
-
-    def __init__(self, engine: AsyncEngine, *, clock: Callable[[], datetime] = _utcnow) -> None:
-        self._engine = engine
-        self._dialect = engine.dialect.name
-        self._clock = clock
-        self._writer = (
-            engine.execution_options(**{SQLITE_BEGIN_OPTION: "IMMEDIATE"})
-            if self._dialect == "sqlite"
-            else engine
-        )
-
-    @property
-    def engine(self) -> AsyncEngine:
-        """The engine this runs on."""
-        return self._engine
-
-    @asynccontextmanager
-    async def _tx(self, *, write: bool) -> AsyncIterator[AsyncConnection]:
-        engine = self._writer if write else self._engine
-        try:
-            async with engine.begin() as conn:
-                yield conn
-        except sa_exc.StatementError as exc:
-            if not isinstance(exc, sa_exc.DBAPIError) and isinstance(
-                exc.orig, ValueError | TypeError
-            ):
-                raise exc.orig from exc
-            unavailable = as_store_unavailable(exc, self._engine.url)
-            if unavailable is None:
-                raise
-            raise unavailable from exc
-        except Exception as exc:
-            unavailable = as_store_unavailable(exc, self._engine.url)
-            if unavailable is None or unavailable is exc:
-                raise
-            raise unavailable from exc
-
-    def _insert(self, table: type[Base]) -> postgresql.Insert | sqlite.Insert:
-        if self._dialect == "postgresql":
-            return postgresql.insert(table)
-        return sqlite.insert(table)
 
 
 # --------------------------------------------------------------------------- the outbox

@@ -76,6 +76,7 @@ __all__ = [
     "Outbox",
     "Recording",
     "RrCursor",
+    "SqlAccess",
     "SqlCallStore",
     "UtcDateTime",
     "as_store_unavailable",
@@ -421,48 +422,26 @@ def _utcnow() -> datetime:
 _BATCH: ContextVar[AsyncConnection | None] = ContextVar("pbxbrain_db_batch", default=None)
 
 
-class SqlCallStore:
-    """``CallStore`` over an ``AsyncEngine`` made by ``create_engine``.
+class SqlAccess:
+    """Transactions on a pbxbrain engine, the rules every SQL adapter shares: writers take
+    SQLite's write lock up front (BEGIN IMMEDIATE); connection failures are
+    StoreUnavailable; a value that cannot be bound is the ValueError/TypeError it is; and
+    inside a ``batch()`` every write joins the batch's transaction."""
 
-    Beyond the port's contract: ``append`` and ``close_call`` on an unknown call raise
-    ``LookupError``; ``add_recording`` is idempotent on the recording id; ``list_calls``
-    matches ``number`` against the caller and the dialed number, and returns no rows for
-    an unknown ``before_id``; ``ping`` gives up after ``ping_timeout`` seconds.
-    """
-
-    def __init__(
-        self,
-        engine: AsyncEngine,
-        *,
-        clock: Callable[[], datetime] = _utcnow,
-        ping_timeout: float = 5.0,
-    ) -> None:
+    def __init__(self, engine: AsyncEngine, *, clock: Callable[[], datetime] = _utcnow) -> None:
         self._engine = engine
-        self._ping_timeout = ping_timeout
         self._dialect = engine.dialect.name
         self._clock = clock
-        # Transactions that write take SQLite's write lock up front (BEGIN IMMEDIATE).
         self._writer = (
             engine.execution_options(**{SQLITE_BEGIN_OPTION: "IMMEDIATE"})
             if self._dialect == "sqlite"
             else engine
         )
 
-    @classmethod
-    def from_url(cls, url: str, **engine_kwargs: Any) -> SqlCallStore:
-        """A store with its own engine (``create_engine(url, **engine_kwargs)``)."""
-        return cls(create_engine(url, **engine_kwargs))
-
     @property
     def engine(self) -> AsyncEngine:
-        """The engine this store runs on."""
+        """The engine this runs on."""
         return self._engine
-
-    async def close(self) -> None:
-        """Close the engine's pooled connections."""
-        await self._engine.dispose()
-
-    # ----------------------------------------------------------------- plumbing
 
     @asynccontextmanager
     async def batch(self) -> AsyncIterator[None]:
@@ -510,6 +489,35 @@ class SqlCallStore:
         if self._dialect == "postgresql":
             return postgresql.insert(table)
         return sqlite.insert(table)
+
+
+class SqlCallStore(SqlAccess):
+    """``CallStore`` over an ``AsyncEngine`` made by ``create_engine``.
+
+    Beyond the port's contract: ``append`` and ``close_call`` on an unknown call raise
+    ``LookupError``; ``add_recording`` is idempotent on the recording id; ``list_calls``
+    matches ``number`` against the caller and the dialed number, and returns no rows for
+    an unknown ``before_id``; ``ping`` gives up after ``ping_timeout`` seconds.
+    """
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        *,
+        clock: Callable[[], datetime] = _utcnow,
+        ping_timeout: float = 5.0,
+    ) -> None:
+        super().__init__(engine, clock=clock)
+        self._ping_timeout = ping_timeout
+
+    @classmethod
+    def from_url(cls, url: str, **engine_kwargs: Any) -> SqlCallStore:
+        """A store with its own engine (``create_engine(url, **engine_kwargs)``)."""
+        return cls(create_engine(url, **engine_kwargs))
+
+    async def close(self) -> None:
+        """Close the engine's pooled connections."""
+        await self._engine.dispose()
 
     # ----------------------------------------------------------------- health
 
