@@ -795,8 +795,8 @@ class Line(_Model):
     ``source`` tags its calls (website, ads, ...); ``schedule`` names the working hours (None:
     always open); ``route`` is tried step by step; ``busy`` says what happens when the
     targets of a step are busy: ``next`` goes on with the next step at once, ``prompt``
-    tells the caller and keeps trying. ``sla_minutes`` overrides ``missed_calls.sla_minutes``
-    for this line's missed-call tasks.
+    plays ``busy_prompt`` to the caller (once) and keeps trying. ``sla_minutes`` overrides
+    ``missed_calls.sla_minutes`` for this line's missed-call tasks.
     """
 
     name: Text | None = None
@@ -804,6 +804,9 @@ class Line(_Model):
     schedule: str | None = None
     route: tuple[RouteStep, ...] = Field(min_length=1)
     busy: Literal["next", "prompt"] = "next"
+    # Asterisk ships "all our representatives are busy"; record your own "your manager is
+    # on a call and will call you back" and name it custom/...
+    busy_prompt: SoundName = "tt-allbusy"
     after_hours: AfterHours | None = None
     sla_minutes: SlaMinutes | None = None
 

@@ -104,20 +104,18 @@ class CallStore(Protocol):
     async def recordings(self, call_id: str) -> list[RecordingInfo]:
         """A call's recordings."""
 
-    async def due_deliveries(self, now: datetime, limit: int = 50) -> list[PendingDelivery]:
-        """Outbox rows not delivered whose next attempt time has come, oldest first."""
-
-    async def delivered(self, delivery_id: int, at: datetime) -> None:
-        """Mark an outbox row delivered."""
-
-    async def delivery_failed(self, delivery_id: int, error: str, retry_at: datetime) -> None:
-        """Count a failed attempt and schedule the next."""
-
     async def advance_cursor(self, group: str, size: int) -> int:
         """Atomically return the group's round-robin position in ``[0, size)`` and advance it.
 
         Survives restarts; safe for concurrent callers (several nodes on one PostgreSQL).
         """
+
+    async def manager_of(self, phone: str) -> str | None:
+        """The manager the sticky strategy assigned to caller ``phone`` (E.164), if any."""
+
+    async def remember_manager(self, phone: str, staff_id: str, call_id: str,
+                               at: datetime) -> None:
+        """Make ``staff_id`` caller ``phone``'s sticky manager (``call_id`` assigned him)."""
 
 
 class PhoneStates(Protocol):

@@ -79,6 +79,11 @@ class Journal:
         """Who answered, when (the first answer wins)."""
         self._put(call_id, "answered", lambda s: s.mark_answered(call_id, at, by))
 
+    def remembered(self, call_id: str, phone: str, staff_id: str, at: datetime) -> None:
+        """``staff_id`` is caller ``phone``'s sticky manager from now on."""
+        self._put(call_id, "sticky manager",
+                  lambda s: s.remember_manager(phone, staff_id, call_id, at))
+
     def recording(self, rec: RecordingInfo) -> None:
         """A recording kept for the call (metadata; the file is already stored)."""
         self._put(rec.call_id, "recording", lambda s: s.add_recording(rec))
@@ -224,7 +229,11 @@ class Router:
     async def _plan(self, call: InboundCall, now: datetime,
                     lookup: asyncio.Task[LookupResult]) -> tuple[Plan, Contact | None]:
         cursors: dict[str, int] = {}
-        for group in cursor_groups(call.dialed, call.caller, self.config):
+        groups = cursor_groups(call.dialed, call.caller, self.config)
+        remembered = (asyncio.create_task(self._remembered_manager(call))
+                      if any(self.config.departments[g].strategy == "sticky" for g in groups)
+                      else None)
+        for group in groups:
             size = len(self.config.departments[group].members)
             if size == 0:
                 continue
@@ -244,6 +253,32 @@ class Router:
             log.warning("call %s: phone states not known in time", call.call_id)
         found = await lookup  # bounded by its own deadline; never raises
         owner = found.owner if found.owner in self.config.staff else None
+        # The CRM's owner is the caller's manager; else the one the sticky strategy gave him.
+        sticky = owner or (await remembered if remembered is not None else None)
         facts = Facts(owner=owner, crm_ok=found.answered, busy=busy, offline=offline,
-                      cursors=cursors, sticky=owner)
+                      cursors=cursors, sticky=sticky)
         return decide(call, facts, self.config, now), found.contact
+
+    async def _remembered_manager(self, call: InboundCall) -> str | None:
+        if not call.caller.startswith("+"):
+            return None
+        try:
+            return await asyncio.wait_for(self._store.manager_of(call.caller), self._deadline)
+        except (StoreUnavailable, TimeoutError) as exc:
+            log.warning("call %s: caller's sticky manager not known (%s)", call.call_id,
+                        exc or "database too slow")
+            return None
+
+    def manager_to_remember(self, plan: Plan, answered_by: str | None) -> str | None:
+        """Who becomes the caller's sticky manager after a call routed by ``plan``.
+
+        Only when the plan assigned one (the caller had none): the member of that sticky
+        department who answered, else the plan's pick (who gets the missed-call task).
+        """
+        pick = plan.assign_sticky
+        if pick is None:
+            return None
+        department = self.config.department_of(pick)
+        if answered_by is not None and self.config.department_of(answered_by) == department:
+            return answered_by
+        return pick

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
@@ -42,14 +43,14 @@ def live_asterisk(asterisk: Sandbox) -> Iterator[Sandbox]:
         asterisk.wait_idle()
 
 
-@pytest.fixture
-def daemon(tmp_path: Path, live_asterisk: Sandbox) -> Iterator[Daemon]:
-    """pbxbrain running tests/e2e/pbxbrain.yaml, with its own SQLite database, recordings
-    directory and HTTP port."""
+@contextlib.contextmanager
+def running_daemon(tmp_path: Path, config: str) -> Iterator[Daemon]:
+    """pbxbrain running ``tests/e2e/<config>``, with its own SQLite database, recordings
+    directory and HTTP port; stopped with SIGTERM afterwards (it must exit 0)."""
     port = free_port()
     db_url = f"sqlite+aiosqlite:///{tmp_path / 'pbxbrain.db'}"
     d = Daemon(
-        config=REPO / "tests" / "e2e" / "pbxbrain.yaml",
+        config=REPO / "tests" / "e2e" / config,
         database_url=db_url,
         port=port,
         recordings=tmp_path / "recordings",
@@ -70,6 +71,13 @@ def daemon(tmp_path: Path, live_asterisk: Sandbox) -> Iterator[Daemon]:
         code = d.stop()
         print(d.log_tail(200))
     assert code == 0, f"pbxbrain exited {code} on SIGTERM"
+
+
+@pytest.fixture
+def daemon(tmp_path: Path, live_asterisk: Sandbox) -> Iterator[Daemon]:
+    """pbxbrain running tests/e2e/pbxbrain.yaml."""
+    with running_daemon(tmp_path, "pbxbrain.yaml") as d:
+        yield d
 
 
 class JournalReader:
@@ -96,6 +104,9 @@ class JournalReader:
 
     def recordings(self, call_id: str) -> list[RecordingInfo]:
         return self._run(lambda s: s.recordings(call_id))
+
+    def manager_of(self, phone: str) -> str | None:
+        return self._run(lambda s: s.manager_of(phone))
 
     def _crm(self, query: Callable[[BuiltinCrm], Awaitable[T]]) -> T:
         async def go() -> T:

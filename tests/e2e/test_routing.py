@@ -120,6 +120,31 @@ def test_given_ring_all_then_both_ring_at_once_and_the_first_to_answer_wins(
     assert len(events(journal, call.call_id, EventKind.BRIDGED)) == 1
 
 
+def test_given_ring_all_and_two_managers_answering_almost_together_then_exactly_one_wins(
+    daemon: Daemon, live_asterisk: Sandbox, journal: JournalReader
+) -> None:
+    # Both phones ring together and answer 200 ms later, a few ms apart. The loser's
+    # answer crosses Asterisk's CANCEL, or is hung up at once, or (when the winner was
+    # quicker than that) is cancelled before it was sent: the scenario plays each way.
+    ivanov = live_asterisk.phone("101", "phone_answers_race.xml")
+    petrov = live_asterisk.phone("102", "phone_answers_race.xml")
+    caller = live_asterisk.call_from_pstn(RING_ALL, "+79161000008", "caller_waits.xml",
+                                          talk_ms=1000)
+    finish(ivanov, petrov)
+    assert caller.ok, caller.output
+
+    call = journal.wait_closed_call("+79161000008")
+    assert call.outcome is CallOutcome.ANSWERED
+    assert call.answered_by in {"ivanov", "petrov"}
+    loser = ({"ivanov", "petrov"} - {call.answered_by}).pop()
+    assert len(events(journal, call.call_id, EventKind.BRIDGED)) == 1
+    ended = {e["staff"]: e["reason"] for e in events(journal, call.call_id,
+                                                      EventKind.LEG_ENDED)}
+    assert ended == {loser: "answered elsewhere"}
+    assert len(journal.recordings(call.call_id)) == 1
+    live_asterisk.wait_idle(timeout_s=5)
+
+
 def test_given_the_caller_hangs_up_while_ringing_then_abandoned_and_no_leg_left(
     daemon: Daemon, live_asterisk: Sandbox, journal: JournalReader
 ) -> None:

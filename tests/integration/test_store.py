@@ -18,6 +18,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import func, select
 from sqlalchemy.engine import Connection
 
+from pbxbrain.adapters.crm_store import SqlOutbox
 from pbxbrain.adapters.db import Base, CallEvent, Outbox, SqlCallStore, create_engine
 from pbxbrain.adapters.migrate import (
     MIGRATIONS_ENV,
@@ -34,6 +35,7 @@ from pbxbrain.domain.model import (
     InboundCall,
     JournalEntry,
     OutboxMessage,
+    PendingDelivery,
     RecordingInfo,
 )
 from pbxbrain.ports import CallStore, StoreUnavailable
@@ -65,6 +67,11 @@ def missed_task(call_id: str, key: str | None = None) -> OutboxMessage:
         payload={"call_id": call_id, "responsible": ["ivanov"], "nested": {"n": 1}},
         call_id=call_id,
     )
+
+
+async def due_rows(store: SqlCallStore, now: datetime) -> list[PendingDelivery]:
+    """The outbox rows due at ``now``, as the delivery worker claims them."""
+    return await SqlOutbox(store.engine).claim_deliveries("test", now)
 
 
 async def count(store: SqlCallStore, model: type[Base]) -> int:
@@ -224,7 +231,7 @@ async def test_given_close_then_outcome_ended_entry_and_outbox_are_written(
     last = (await store.journal("c1"))[-1]
     assert (last.kind, last.at) == (EventKind.ENDED, ended)
     assert last.data == {"reason": "nobody answered", "outcome": "missed"}
-    due = await store.due_deliveries(ended)
+    due = await due_rows(store, ended)
     assert [(d.key, d.kind, d.attempts, d.call_id) for d in due] == [
         ("missed:c1", "crm.missed_task", 0, "c1"),
         ("hook:c1", "webhook", 0, "c1"),  # an outbox message without call_id gets the call's
@@ -261,7 +268,7 @@ async def test_given_outbox_key_already_queued_then_close_does_not_raise(
     await store.close_call("c1", CallOutcome.MISSED, T0, outbox=[shared, shared])
     await store.close_call("c2", CallOutcome.MISSED, T0, outbox=[shared])
 
-    due = await store.due_deliveries(T0)
+    due = await due_rows(store, T0)
     assert [(d.key, d.call_id) for d in due] == [("crm:client:+79161234567", "c1")]
     call = await store.get_call("c2")
     assert call is not None
@@ -390,46 +397,6 @@ async def test_given_recordings_then_they_are_kept_finished_and_listed(
 # --------------------------------------------------------------------------- outbox
 
 
-async def test_given_outbox_then_due_delivered_and_failed_follow_the_schedule(
-    store: SqlCallStore,
-) -> None:
-    for i in range(3):
-        await store.open_call(inbound(f"c{i}"))
-        await store.close_call(
-            f"c{i}", CallOutcome.MISSED, T0 + timedelta(seconds=i), outbox=[missed_task(f"c{i}")]
-        )
-
-    assert await store.due_deliveries(T0 - timedelta(seconds=1)) == []
-    due = await store.due_deliveries(T0 + timedelta(minutes=1))
-    assert [d.key for d in due] == ["missed:c0", "missed:c1", "missed:c2"]
-    assert [d.key for d in await store.due_deliveries(T0 + timedelta(minutes=1), limit=2)] == [
-        "missed:c0",
-        "missed:c1",
-    ]
-
-    await store.delivered(due[0].id, T0 + timedelta(seconds=5))
-    await store.delivery_failed(due[1].id, "CRM said 503", T0 + timedelta(minutes=5))
-    await store.delivery_failed(due[1].id, "x" * 10_000, T0 + timedelta(minutes=10))
-
-    assert [d.key for d in await store.due_deliveries(T0 + timedelta(minutes=1))] == ["missed:c2"]
-    later = await store.due_deliveries(T0 + timedelta(minutes=10))
-    assert [(d.key, d.attempts) for d in later] == [("missed:c2", 0), ("missed:c1", 2)]
-    async with store.engine.connect() as conn:
-        row = (
-            await conn.execute(
-                select(Outbox.last_error, Outbox.delivered_at).where(Outbox.id == due[1].id)
-            )
-        ).one()
-        delivered_at = (
-            await conn.execute(select(Outbox.delivered_at).where(Outbox.id == due[0].id))
-        ).scalar_one()
-    assert row.last_error is not None
-    assert row.last_error.startswith("xxx")
-    assert len(row.last_error) <= 2000
-    assert row.delivered_at is None
-    assert delivered_at == T0 + timedelta(seconds=5)
-
-
 # --------------------------------------------------------------------------- round robin
 
 
@@ -456,6 +423,19 @@ async def test_given_many_concurrent_callers_then_each_position_is_handed_out_eq
     finally:
         for s in stores:
             await s.close()
+
+
+async def test_given_sticky_managers_then_the_latest_assignment_is_kept_per_caller(
+    store: SqlCallStore,
+) -> None:
+    assert await store.manager_of("+79161234567") is None
+    await store.remember_manager("+79161234567", "ivanov", "c1", T0)
+    await store.remember_manager("+79167654321", "petrov", "c2", T0)
+    assert await store.manager_of("+79161234567") == "ivanov"
+    # Reassigned (his manager left the department): the new one replaces the old.
+    await store.remember_manager("+79161234567", "sidorov", "c3", T0 + timedelta(days=1))
+    assert await store.manager_of("+79161234567") == "sidorov"
+    assert await store.manager_of("+79167654321") == "petrov"
 
 
 # --------------------------------------------------------------------------- failures

@@ -41,7 +41,6 @@ from pbxbrain.domain.model import (
     JournalEntry,
     OriginateRequest,
     OutboxMessage,
-    PendingDelivery,
     RecordingInfo,
     Task,
     TaskStatus,
@@ -189,16 +188,14 @@ class FakeStore:
     async def get_recording(self, recording_id: str) -> RecordingInfo | None:
         return self.recs.get(recording_id)
 
-    async def due_deliveries(self, now: datetime, limit: int = 50) -> list[PendingDelivery]:
-        return []
-
-    async def delivered(self, delivery_id: int, at: datetime) -> None:
-        raise NotImplementedError
-
-    async def delivery_failed(self, delivery_id: int, error: str, retry_at: datetime) -> None:
-        raise NotImplementedError
-
     async def advance_cursor(self, group: str, size: int) -> int:
+        raise NotImplementedError
+
+    async def manager_of(self, phone: str) -> str | None:
+        raise NotImplementedError
+
+    async def remember_manager(self, phone: str, staff_id: str, call_id: str,
+                               at: datetime) -> None:
         raise NotImplementedError
 
 

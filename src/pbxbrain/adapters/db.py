@@ -13,7 +13,8 @@ Points worth knowing:
   up front and lets ``busy_timeout`` queue writers instead of failing them.
 * Idempotency lives in the statements, not in read-then-write: ``INSERT .. ON CONFLICT DO
   NOTHING`` for calls, recordings and outbox keys, ``UPDATE .. WHERE outcome IS NULL`` for
-  closing, an upsert with ``RETURNING`` for the round-robin cursors.
+  closing, an upsert with ``RETURNING`` for the round-robin cursors, an upsert for the
+  callers' sticky managers.
 * Connection failures of either driver become ``StoreUnavailable``, naming the database
   without its password.
 """
@@ -63,7 +64,6 @@ from pbxbrain.domain.model import (
     InboundCall,
     JournalEntry,
     OutboxMessage,
-    PendingDelivery,
     RecordingInfo,
 )
 from pbxbrain.ports import StoreUnavailable
@@ -87,7 +87,6 @@ __all__ = [
 
 SQLITE_DRIVER: Final = "sqlite+aiosqlite"
 POSTGRES_DRIVER: Final = "postgresql+asyncpg"
-_MAX_ERROR_CHARS: Final = 2000
 # Execution option read by the SQLite "begin" listener: which BEGIN to emit
 # ("DEFERRED" by default, "IMMEDIATE" for transactions that write).
 SQLITE_BEGIN_OPTION: Final = "pbxbrain_sqlite_begin"
@@ -249,6 +248,17 @@ class RrCursor(Base):
     group_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     position: Mapped[int] = mapped_column(Integer, server_default=text("0"))
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+class CallerManager(Base):
+    """A caller's own manager (the sticky strategy): who took his first call."""
+
+    __tablename__ = "caller_managers"
+
+    phone: Mapped[str] = mapped_column(String(32), primary_key=True)  # E.164
+    staff_id: Mapped[str] = mapped_column(String(64))
+    call_id: Mapped[str] = mapped_column(String(64))  # the call that made the assignment
+    assigned_at: Mapped[datetime] = mapped_column(UtcDateTime())
 
 
 # --------------------------------------------------------------------------- engine
@@ -840,60 +850,6 @@ class SqlCallStore(SqlAccess):
             size_bytes=r["size_bytes"],
         )
 
-    # ----------------------------------------------------------------- outbox
-
-    async def due_deliveries(self, now: datetime, limit: int = 50) -> list[PendingDelivery]:
-        """Outbox rows not delivered whose next attempt time has come, longest-due first."""
-        async with self._tx(write=False) as conn:
-            rows = (
-                await conn.execute(
-                    select(
-                        Outbox.id,
-                        Outbox.key,
-                        Outbox.kind,
-                        Outbox.payload,
-                        Outbox.attempts,
-                        Outbox.call_id,
-                    )
-                    .where(Outbox.delivered_at.is_(None), Outbox.next_attempt_at <= now)
-                    .order_by(Outbox.next_attempt_at, Outbox.id)
-                    .limit(limit)
-                )
-            ).all()
-        return [
-            PendingDelivery(
-                id=id_,
-                key=key,
-                kind=kind,
-                payload=payload or {},
-                attempts=attempts,
-                call_id=call_id,
-            )
-            for id_, key, kind, payload, attempts, call_id in rows
-        ]
-
-    async def delivered(self, delivery_id: int, at: datetime) -> None:
-        """Mark an outbox row delivered (the first time only)."""
-        async with self._tx(write=True) as conn:
-            await conn.execute(
-                update(Outbox)
-                .where(Outbox.id == delivery_id, Outbox.delivered_at.is_(None))
-                .values(delivered_at=at, last_error=None)
-            )
-
-    async def delivery_failed(self, delivery_id: int, error: str, retry_at: datetime) -> None:
-        """Count a failed attempt, keep its error and schedule the next attempt."""
-        async with self._tx(write=True) as conn:
-            await conn.execute(
-                update(Outbox)
-                .where(Outbox.id == delivery_id, Outbox.delivered_at.is_(None))
-                .values(
-                    attempts=Outbox.attempts + 1,
-                    last_error=error[:_MAX_ERROR_CHARS],
-                    next_attempt_at=retry_at,
-                )
-            )
-
     # ----------------------------------------------------------------- round robin
 
     async def advance_cursor(self, group: str, size: int) -> int:
@@ -919,6 +875,24 @@ class SqlCallStore(SqlAccess):
         async with self._tx(write=True) as conn:
             next_position = (await conn.execute(stmt)).scalar_one()
         return int(next_position - 1) % size
+
+    # ----------------------------------------------------------------- sticky managers
+
+    async def manager_of(self, phone: str) -> str | None:
+        """The manager assigned to caller ``phone`` (E.164) by the sticky strategy."""
+        async with self._tx(write=False) as conn:
+            found = await conn.execute(
+                select(CallerManager.staff_id).where(CallerManager.phone == phone))
+            return found.scalar_one_or_none()
+
+    async def remember_manager(self, phone: str, staff_id: str, call_id: str,
+                               at: datetime) -> None:
+        """Make ``staff_id`` caller ``phone``'s manager (replacing any earlier one)."""
+        values = {"staff_id": staff_id, "call_id": call_id, "assigned_at": at}
+        stmt = (self._insert(CallerManager).values(phone=phone, **values)
+                .on_conflict_do_update(index_elements=[CallerManager.phone], set_=values))
+        async with self._tx(write=True) as conn:
+            await conn.execute(stmt)
 
 
 def _summary(row: RowMapping) -> CallSummary:

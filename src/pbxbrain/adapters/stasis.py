@@ -236,6 +236,10 @@ class CallSession:
         outbox = self.app.follow_ups(call, plan, outcome, ended, answered_by,
                                      recording=self.voicemail_id)
         self.journal.closed(call.call_id, outcome, ended, outbox=outbox, data=data)
+        manager = (self.app.router.manager_to_remember(plan, answered_by)
+                   if plan is not None and (answered_by or is_missed(outcome)) else None)
+        if manager is not None and call.caller.startswith("+"):
+            self.journal.remembered(call.call_id, call.caller, manager, ended)
         self.ended_event(outcome, ended, answered_by)
         log.info("call %s: %s%s", call.call_id, outcome.value,
                  f" by {answered_by}" if answered_by else "")
