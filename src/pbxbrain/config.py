@@ -804,9 +804,9 @@ class Line(_Model):
     schedule: str | None = None
     route: tuple[RouteStep, ...] = Field(min_length=1)
     busy: Literal["next", "prompt"] = "next"
-    # Asterisk ships "all our representatives are busy"; record your own "your manager is
-    # on a call and will call you back" and name it custom/...
-    busy_prompt: SoundName = "tt-allbusy"
+    # Asterisk ships "please hold while I try that extension"; record your own "your
+    # manager is on a call, we are finding you another one" and name it custom/...
+    busy_prompt: SoundName = "pls-hold-while-try"
     after_hours: AfterHours | None = None
     sla_minutes: SlaMinutes | None = None
 

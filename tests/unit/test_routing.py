@@ -22,12 +22,13 @@ from pbxbrain.domain.model import CallOutcome, Direction, InboundCall
 from pbxbrain.domain.plan import Facts, Plan, Play, Reject, Ring, RingMode, Skip, Voicemail
 from pbxbrain.domain.routing import (
     ALREADY_RUNG,
-    BUSY_PROMPT,
     cursor_groups,
     decide,
     explain,
     plan_to_json,
 )
+
+BUSY_PROMPT = "pls-hold-while-try"  # Line.busy_prompt when the YAML gives none
 
 BASE = """\
 asterisk:
@@ -367,6 +368,13 @@ def test_given_route_steps_then_they_ring_in_order_and_skip_the_unavailable(
 
     assert summary(plan) == steps
     assert skipped(plan) == left_out
+
+
+def test_given_a_line_with_its_own_busy_prompt_then_that_sound_is_played() -> None:
+    plan = decide(call(), facts(busy="petrov"),
+                  config("[{manager: petrov}, {manager: sidorov}]", "prompt",
+                         "busy_prompt: custom/manager-busy\n"), OPEN)
+    assert summary(plan) == ["play custom/manager-busy", "ring all 20: sidorov"]
 
 
 @pytest.mark.parametrize(

@@ -33,7 +33,8 @@ randomness. The rules, applied in this order (the first that decides wins):
    mobile is never offline); no phone is rung twice in one plan, so a manager is rung
    once, except the owner whose ``mobile`` fallback is his second phone. Everyone left
    out is in ``skipped`` with the reason. When a step finds only busy managers, busy
-   policy ``next`` goes on at once, ``prompt`` plays ``manager-busy`` (once) and goes on.
+   policy ``next`` goes on at once, ``prompt`` plays the line's ``busy_prompt`` (once)
+   and goes on.
 5. Responsible for the missed-call task (route and after-hours plans): the owner when
    known (from the CRM, in staff, even when busy); else the caller's sticky manager or the
    first round-robin pick; else, after hours, the voicemail box: its manager, or its
@@ -51,8 +52,8 @@ randomness. The rules, applied in this order (the first that decides wins):
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any, Literal
@@ -83,12 +84,11 @@ from pbxbrain.domain.plan import (
     Target,
     Voicemail,
 )
-from pbxbrain.domain.schedule import is_open
+from pbxbrain.domain.schedule import is_open_local, local_time
 
 __all__ = [
     "ALREADY_RUNG",
     "BUSY",
-    "BUSY_PROMPT",
     "DEFAULT_RING_SECONDS",
     "OFFLINE",
     "cursor_groups",
@@ -98,7 +98,6 @@ __all__ = [
     "plan_to_json",
 ]
 
-BUSY_PROMPT = "manager-busy"
 """The sound played once when busy policy is ``prompt`` and a step finds only busy people."""
 DEFAULT_RING_SECONDS = 20
 """Ring time of a manager in no department (the config's default ``ring_seconds``)."""
@@ -118,6 +117,94 @@ _DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 def _region(config: Config) -> str:
     # "ZZ" (unknown region): only international forms (+7..., 7...) can be read.
     return config.numbers.default_region or "ZZ"
+
+
+@dataclass(frozen=True, slots=True)
+class _Members:
+    """A department's members as the walk rings them: their targets in listed order, and
+    the set of their staff ids (None when somebody is listed twice)."""
+
+    targets: tuple[Target, ...]
+    ids: frozenset[str] | None
+
+    @classmethod
+    def of(cls, targets: tuple[Target, ...]) -> _Members:
+        ids = frozenset(target.staff_id for target in targets)
+        return cls(targets, ids if len(ids) == len(targets) else None)
+
+
+@dataclass(frozen=True, slots=True)
+class _Index:
+    """What every decision derives from a Config, derived once per Config (it is frozen).
+
+    Only lookups: each answers exactly what the plain reading of ``config`` would (the
+    functions above and below, which ``cursor_groups`` and the outbound rule still use).
+    """
+
+    region: str
+    targets: Mapping[str, Target]  # staff id -> desk phone, else mobile
+    mobiles: Mapping[str, Target]  # staff id -> mobile through the trunk (when he has one)
+    homes: Mapping[str, str]  # staff id -> ``_home_department``
+    ring_seconds: Mapping[str, int]  # staff id -> his home department's (absent: the default)
+    shorts: Mapping[str, tuple[Literal["staff", "department"], str]]  # ``_short``
+    members: Mapping[str, _Members]  # department id -> its members
+    deskless: frozenset[str]  # staff ids rung on their mobile, having no desk phone
+    line_notes: Mapping[str, str]  # line number -> ``_line_note``
+
+    @classmethod
+    def build(cls, config: Config) -> _Index:
+        trunk = config.asterisk.trunk
+        mobiles = {staff_id: Target(staff_id, f"PJSIP/{staff.mobile}@{trunk}", kind="mobile")
+                   for staff_id, staff in config.staff.items() if staff.mobile is not None}
+        targets = {staff_id: Target(staff_id, staff.phone) if staff.phone is not None
+                   else mobiles[staff_id] for staff_id, staff in config.staff.items()}
+        homes: dict[str, str] = {}
+        for department_id, department in config.departments.items():
+            if department.head is not None:
+                homes.setdefault(department.head, department_id)  # the first one he heads
+        for department_id, department in config.departments.items():
+            for member in department.members:  # as ``Config.department_of``: the last one
+                homes[member] = department_id  # membership wins over heading
+        shorts: dict[str, tuple[Literal["staff", "department"], str]] = {}
+        for department_id, department in reversed(list(config.departments.items())):
+            if department.short is not None:
+                shorts[department.short] = ("department", department_id)
+        for staff_id, staff in reversed(list(config.staff.items())):  # staff, the first wins
+            if staff.short is not None:
+                shorts[staff.short] = ("staff", staff_id)
+        # A department naming somebody not in staff (a Config built without parse_config's
+        # reference checks) has no entry: ``_Walk.department`` then fails as it always did.
+        members = {department_id: _Members.of(tuple(targets[member]
+                                                     for member in department.members))
+                   for department_id, department in config.departments.items()
+                   if all(member in targets for member in department.members)}
+        ring_seconds = {staff_id: config.departments[home].ring_seconds
+                        for staff_id, home in homes.items() if home}
+        deskless = frozenset(staff_id for staff_id, staff in config.staff.items()
+                             if staff.phone is None)
+        line_notes = {number: _line_note(number, line) for number, line in config.lines.items()}
+        return cls(_region(config), targets, mobiles, homes, ring_seconds, shorts, members,
+                   deskless, line_notes)
+
+
+_INDEX_CACHE_SIZE = 8
+_indexes: dict[int, tuple[Config, _Index]] = {}
+
+
+def _index(config: Config) -> _Index:
+    """The index of ``config``, built on first use and kept for the last few configs.
+
+    Configs hold dicts (so they are not hashable): the cache is keyed by ``id`` and keeps
+    the config itself alive, so its id cannot be reused by another object meanwhile.
+    """
+    entry = _indexes.get(id(config))
+    if entry is not None and entry[0] is config:
+        return entry[1]
+    index = _Index.build(config)
+    while len(_indexes) >= _INDEX_CACHE_SIZE:
+        _indexes.pop(next(iter(_indexes)))
+    _indexes[id(config)] = (config, index)
+    return index
 
 
 def find_line(dialed: str, config: Config) -> tuple[str, Line] | None:
@@ -144,7 +231,7 @@ def _caller_e164(caller: str, config: Config) -> str:
 
 
 def _blacklisted(caller: str, config: Config) -> str | None:
-    if not caller.startswith("+"):
+    if not caller.startswith("+") or not caller.startswith(config.blacklist):
         return None
     return next((prefix for prefix in config.blacklist if caller.startswith(prefix)), None)
 
@@ -171,11 +258,6 @@ def _home_department(staff_id: str, config: Config) -> str | None:
         return member_of
     return next((department_id for department_id, department in config.departments.items()
                  if department.head == staff_id), None)
-
-
-def _ring_seconds(staff_id: str, config: Config) -> int:
-    home = _home_department(staff_id, config)
-    return config.departments[home].ring_seconds if home else DEFAULT_RING_SECONDS
 
 
 def _lead(department_id: str, config: Config) -> str | None:
@@ -228,86 +310,118 @@ def cursor_groups(dialed: str, caller: str, config: Config, *,
 # --------------------------------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=16384)
-def _desk(staff_id: str, phone: str) -> Target:
-    # Targets are frozen values: one per desk phone serves every decision (a ring-all
-    # department of 20 would otherwise build 20 of them per call).
-    return Target(staff_id, phone)
-
-
-@dataclass
+@dataclass(slots=True)
 class _Walk:
     """What one decision has built so far (mutable, private to ``decide``)."""
 
     config: Config
+    index: _Index
     facts: Facts
     caller: str
     busy_policy: str = "next"
+    busy_prompt: str = ""
     steps: list[Step] = field(default_factory=list)
     skipped: list[Skip] = field(default_factory=list)
-    _skipped_set: set[Skip] = field(default_factory=set)
+    _skipped_keys: set[tuple[str, str]] = field(default_factory=set)  # (staff id, reason)
     notes: list[str] = field(default_factory=list)
-    rung: dict[str, set[str]] = field(default_factory=dict)  # staff id -> kinds rung
+    rung: set[str] = field(default_factory=set)  # staff ids rung (on any phone)
+    rung_mobile: set[str] = field(default_factory=set)  # staff ids rung on their mobile
     cursor_used: dict[str, int] = field(default_factory=dict)
     assign_sticky: str | None = None
     pick: str | None = None  # the caller's sticky manager or the first round-robin pick
     prompted: bool = False
-    ended: bool = False  # a voicemail step ends the route
+    rang: bool = False  # a Ring step was added
+    box: str | None = None  # the route's voicemail box; that step ends the route
 
     # -- people --
 
     def target(self, staff_id: str) -> Target:
         """The phone a manager is rung on: his desk phone, else his mobile."""
-        staff = self.config.staff[staff_id]
-        if staff.phone is not None:
-            return _desk(staff_id, staff.phone)
-        return self.mobile(staff_id)
+        return self.index.targets[staff_id]
 
-    def mobile(self, staff_id: str) -> Target:
-        return Target(staff_id, f"PJSIP/{self.config.staff[staff_id].mobile}"
-                                f"@{self.config.asterisk.trunk}", kind="mobile")
+    def ring_seconds(self, staff_id: str) -> int:
+        """How long a manager is rung: his home department's ``ring_seconds``."""
+        return self.index.ring_seconds.get(staff_id, DEFAULT_RING_SECONDS)
+
+    def skip(self, entry: Skip) -> None:
+        key = (entry.staff_id, entry.reason)
+        if key not in self._skipped_keys:
+            self._skipped_keys.add(key)
+            self.skipped.append(entry)
 
     def unavailable(self, target: Target) -> str | None:
         """Why ``target`` cannot be rung now, or None."""
-        if target.staff_id in self.facts.busy:
+        staff_id = target.staff_id
+        if staff_id in self.facts.busy:  # on any phone
             return BUSY
-        if target.kind == "desk" and target.staff_id in self.facts.offline:
+        if target.kind == "desk" and staff_id in self.facts.offline:  # a mobile never is
             return OFFLINE
-        kinds = self.rung.get(target.staff_id, set())
-        if kinds and (target.kind != "mobile" or "mobile" in kinds):
-            return ALREADY_RUNG
+        if staff_id in self.rung and (target.kind != "mobile" or staff_id in self.rung_mobile):
+            return ALREADY_RUNG  # only the mobile after the desk phone is another phone
         return None
 
-    def skip(self, staff_id: str, reason: str) -> None:
-        entry = Skip(staff_id, reason)
-        if entry not in self._skipped_set:
-            self._skipped_set.add(entry)
-            self.skipped.append(entry)
+    def free(self, targets: Sequence[Target],
+             ids: frozenset[str] | None = None) -> tuple[list[Target], list[Skip]]:
+        """The targets that can be rung, and the others (also added to ``skipped``).
 
-    def free(self, targets: Iterable[Target]) -> tuple[list[Target], list[Skip]]:
-        """The targets that can be rung, and the others (also added to ``skipped``)."""
+        Somebody listed twice is rung once, at the first. ``ids``, when given, are the
+        targets' staff ids, a different one for each target.
+        """
+        busy, offline, rung = self.facts.busy, self.facts.offline, self.rung
+        if (ids is not None and busy.isdisjoint(ids) and offline.isdisjoint(ids)
+                and rung.isdisjoint(ids)):
+            return list(targets), []  # nobody to look at one by one
         ok: list[Target] = []
         taken: set[str] = set()
         left: list[Skip] = []
         for target in targets:
-            twice = target.staff_id in taken
-            reason = ALREADY_RUNG if twice else self.unavailable(target)
+            staff_id = target.staff_id
+            if staff_id in taken:
+                reason: str | None = ALREADY_RUNG
+            elif staff_id not in busy and staff_id not in offline and staff_id not in rung:
+                reason = None  # most are: no need to ask ``unavailable``
+            else:
+                reason = self.unavailable(target)
             if reason is None:
                 ok.append(target)
-                taken.add(target.staff_id)
+                taken.add(staff_id)
             else:
-                self.skip(target.staff_id, reason)
-                left.append(Skip(target.staff_id, reason))
+                entry = Skip(staff_id, reason)
+                self.skip(entry)
+                left.append(entry)
         return ok, left
 
     # -- steps --
 
-    def ring(self, targets: Sequence[Target], mode: RingMode, timeout_s: int, why: str) -> None:
+    def ring(self, targets: Sequence[Target], mode: RingMode, timeout_s: int, why: str,
+             ids: AbstractSet[str] | None = None) -> None:
+        """Add a Ring step. ``ids``, when given, are the targets' staff ids, and the targets
+        are their own phones (``target``): a mobile only for those with no desk phone."""
         if len(targets) == 1:
             mode = RingMode.ALL
         self.steps.append(Ring(tuple(targets), mode, timeout_s, why))
-        for target in targets:
-            self.rung.setdefault(target.staff_id, set()).add(target.kind)
+        self.rang = True
+        if ids is None:
+            self.rung.update([target.staff_id for target in targets])
+        else:
+            self.rung |= ids
+        if ids is None or not ids.isdisjoint(self.index.deskless):
+            self.rung_mobile.update([target.staff_id for target in targets
+                                     if target.kind == "mobile"])
+
+    def ring_one(self, target: Target, timeout_s: int, why: str) -> Skip | None:
+        """Ring ``target`` alone (``ring`` of ``free([target])``), or say why not."""
+        reason = self.unavailable(target)
+        if reason is not None:
+            entry = Skip(target.staff_id, reason)
+            self.skip(entry)
+            return entry
+        self.steps.append(Ring((target,), RingMode.ALL, timeout_s, why))
+        self.rang = True
+        self.rung.add(target.staff_id)
+        if target.kind == "mobile":
+            self.rung_mobile.add(target.staff_id)
+        return None
 
     def nobody(self, who: str | None, left: Sequence[Skip]) -> None:
         """A step rang nobody: say why; the busy policy applies when somebody was busy.
@@ -322,12 +436,12 @@ class _Walk:
             why = ", ".join(f"{skip.staff_id} {skip.reason}" for skip in left)
             self.notes.append(f"{who}: nobody to ring ({why or 'no one'}) → {policy}")
         if policy == "prompt" and not self.prompted:
-            self.steps.append(Play(BUSY_PROMPT, why=f"{who or left[0].staff_id} busy"))
+            self.steps.append(Play(self.busy_prompt, why=f"{who or left[0].staff_id} busy"))
             self.prompted = True
 
     def walk(self, route: Iterable[RouteStep]) -> None:
         for step in route:
-            if self.ended:
+            if self.box is not None:
                 break
             match step:
                 case OwnerStep():
@@ -343,7 +457,7 @@ class _Walk:
                 case VoicemailStep():
                     self.steps.append(Voicemail(step.voicemail, why="route"))
                     self.notes.append(f"voicemail {step.voicemail}: the route ends here")
-                    self.ended = True
+                    self.box = step.voicemail
 
     def owner(self, step: OwnerStep) -> None:
         owner = self.facts.owner
@@ -357,14 +471,12 @@ class _Walk:
             self.notes.append(f"owner {owner} from CRM is not in staff; owner step skipped")
             return
         self.notes.append(f"owner {owner} from CRM")
-        timeout = _ring_seconds(owner, self.config)
+        timeout = self.ring_seconds(owner)
         phone = self.target(owner)
-        free, reasons = self.free([phone])
-        if free:
-            self.ring(free, RingMode.ALL, timeout, f"owner {owner} ({phone.kind})")
-        else:
-            self.nobody(None, reasons)
-        home = _home_department(owner, self.config)
+        left = self.ring_one(phone, timeout, f"owner {owner} ({phone.kind})")
+        if left is not None:
+            self.nobody(None, [left])
+        home = self.index.homes.get(owner)
         for fallback in step.owner.then:
             if fallback == "mobile":
                 self.owner_mobile(owner, timeout)
@@ -384,23 +496,19 @@ class _Walk:
         if self.config.staff[owner].mobile is None:
             self.notes.append(f"{owner} has no mobile")
             return
-        free, reasons = self.free([self.mobile(owner)])
-        if free:
-            self.ring(free, RingMode.ALL, timeout, f"owner {owner} (mobile)")
-        else:
-            self.notes.append(f"{owner}'s mobile not rung ({reasons[0].reason})")
+        left = self.ring_one(self.index.mobiles[owner], timeout, f"owner {owner} (mobile)")
+        if left is not None:
+            self.notes.append(f"{owner}'s mobile not rung ({left.reason})")
 
     def manager(self, staff_id: str, why: str) -> None:
-        free, reasons = self.free([self.target(staff_id)])
-        if free:
-            self.ring(free, RingMode.ALL, _ring_seconds(staff_id, self.config), why)
-        else:
-            self.nobody(None, reasons)
+        left = self.ring_one(self.target(staff_id), self.ring_seconds(staff_id), why)
+        if left is not None:
+            self.nobody(None, [left])
 
     def ring_all(self, staff_ids: Sequence[str]) -> None:
-        free, reasons = self.free(self.target(staff_id) for staff_id in staff_ids)
+        free, reasons = self.free([self.target(staff_id) for staff_id in staff_ids])
         if free:
-            timeout = max(_ring_seconds(target.staff_id, self.config) for target in free)
+            timeout = max(self.ring_seconds(target.staff_id) for target in free)
             self.ring(free, RingMode.ALL, timeout, f"ring_all {', '.join(staff_ids)}")
         else:
             self.nobody("ring_all " + ", ".join(staff_ids), reasons)
@@ -424,36 +532,47 @@ class _Walk:
         department = self.config.departments[department_id]
         strategy = department.strategy
         members = department.members
-        label: str = strategy
         if not members:
             self.notes.append(f"{why}: department {department_id} has no members")
             return
-        order = list(members)
-        sticky = None
+        group = self.index.members.get(department_id)
+        if group is None:  # somebody not in staff: fails here, as it always did
+            group = _Members.of(tuple(self.target(member) for member in members))
+        # The targets in ring order, their staff ids in that order, and as a set (reordering
+        # keeps the set; None when somebody is listed twice).
+        order, names, ids = group.targets, members, group.ids
+        sticky = start = None
         if strategy in _CURSOR_STRATEGIES:
             start = self.facts.cursors.get(department_id, 0) % len(members)
-            order = order[start:] + order[:start]
+            order, names = order[start:] + order[:start], names[start:] + names[:start]
             self.cursor_used[department_id] = start
-            label += f" from position {start}"
         if strategy == "sticky":
             sticky = self.facts.sticky if self.facts.sticky in members else None
             if sticky is not None:
-                order = [sticky] + [member for member in order if member != sticky]
+                order = (self.target(sticky),
+                         *(target for target in order if target.staff_id != sticky))
+                names = tuple(target.staff_id for target in order)
                 self.notes.append(f"{sticky} is this caller's manager in {department_id}")
                 self.pick = self.pick or sticky
             elif self.facts.sticky is not None:
                 self.notes.append(f"sticky manager {self.facts.sticky} is not in "
                                   f"{department_id} any more")
-        free, reasons = self.free(self.target(member) for member in order
-                                  if member != exclude)
+        if exclude is not None:
+            if ids is None:
+                order = tuple(target for target in order if target.staff_id != exclude)
+            elif exclude in ids:  # listed once: cut him out
+                at = names.index(exclude)
+                order, ids = order[:at] + order[at + 1:], ids - {exclude}
+        free, reasons = self.free(order, ids)
         if strategy == "fixed":
             free = free[:1]
         if not free:
+            label = strategy if start is None else f"{strategy} from position {start}"
             self.nobody(f"{why} ({label})", reasons)
             return
         if strategy in _CURSOR_STRATEGIES:
-            first = next((target.staff_id for target in free if target.staff_id != sticky),
-                         None)
+            first = free[0].staff_id if sticky is None else next(
+                (target.staff_id for target in free if target.staff_id != sticky), None)
             if first is not None:
                 self.pick = self.pick or first
                 if strategy == "sticky" and sticky is None and self.assign_sticky is None:
@@ -461,7 +580,9 @@ class _Walk:
                     self.notes.append(f"{first} becomes this caller's manager in "
                                       f"{department_id}")
         mode = RingMode.ALL if strategy == "ring_all" else RingMode.SEQUENTIAL
-        self.ring(free, mode, department.ring_seconds, f"{why}: {strategy}")
+        free_ids = (ids - {skip.staff_id for skip in reasons}
+                    if ids is not None and strategy != "fixed" else None)
+        self.ring(free, mode, department.ring_seconds, f"{why}: {strategy}", free_ids)
 
 
 # --------------------------------------------------------------------------------------------
@@ -511,11 +632,12 @@ def decide(call: InboundCall, facts: Facts, config: Config, now: datetime) -> Pl
     """
     if call.direction is Direction.OUTBOUND:
         return _outbound(call, config)
+    index = _index(config)
     caller = _caller_e164(call.caller, config)
     found = find_line(call.dialed, config)
     number, line = found if found is not None else (None, None)
     source = line.source if line is not None else None
-    notes = [_line_note(number, line)] if number is not None and line is not None else []
+    notes = [index.line_notes[number]] if number is not None and line is not None else []
 
     banned = _blacklisted(caller, config)
     if banned is not None:
@@ -525,8 +647,9 @@ def decide(call: InboundCall, facts: Facts, config: Config, now: datetime) -> Pl
                     unanswered_outcome=CallOutcome.REJECTED,
                     notes=(*notes, f"caller {caller} is blacklisted{entry}: rejected as busy"))
 
-    walk = _Walk(config, facts, caller)
-    short = _short(call.dialed, config) if call.direction is Direction.INTERNAL else None
+    walk = _Walk(config, index, facts, caller)
+    short = (index.shorts.get(call.dialed.strip()) if call.direction is Direction.INTERNAL
+             else None)
     if short is not None:
         kind, target = short
         walk.notes.append(f"internal call from {caller} to short number {call.dialed.strip()} "
@@ -547,12 +670,12 @@ def decide(call: InboundCall, facts: Facts, config: Config, now: datetime) -> Pl
                            f"the dialplan fallback",))
 
     walk.notes.extend(notes)
-    walk.busy_policy = line.busy
+    walk.busy_policy, walk.busy_prompt = line.busy, line.busy_prompt
     if line.schedule is not None:
         schedule = config.schedules[line.schedule]
-        local = now.astimezone(schedule.zone())
-        stamp = f"{schedule.timezone} {_DAYS[local.weekday()]} {local:%H:%M}"
-        if not is_open(schedule, now):
+        local = local_time(schedule, now)
+        stamp = f"{schedule.timezone} {_DAYS[local.weekday()]} {local.hour:02}:{local.minute:02}"
+        if not is_open_local(schedule, local):
             holiday = local.date() if local.date() in schedule.holidays else None
             return _after_hours(walk, number, line, holiday, stamp)
         walk.notes.append(f"open: {stamp}")
@@ -560,10 +683,9 @@ def decide(call: InboundCall, facts: Facts, config: Config, now: datetime) -> Pl
         walk.notes.append("no schedule: always open")
 
     walk.walk(line.route)
-    if not any(isinstance(step, Ring) for step in walk.steps):
+    if not walk.rang:
         walk.notes.append("nobody could be rung")
-    box = next((step.box for step in walk.steps if isinstance(step, Voicemail)), None)
-    responsible, why = _responsible(walk, line, box, after_hours=False)
+    responsible, why = _responsible(walk, line, walk.box, after_hours=False)
     walk.notes.append(f"missed-call task for {responsible} ({why})" if responsible
                       else f"missed-call task for nobody ({why})")
     return _plan(walk, number=number, source=source, rule="route", responsible=responsible)

@@ -40,7 +40,16 @@ def _utc(now: datetime) -> datetime:
 
 def is_open(schedule: Schedule, now: datetime) -> bool:
     """Is ``schedule`` open at ``now`` (an aware datetime, normally UTC)?"""
-    local = _utc(now).astimezone(schedule.zone())
+    return is_open_local(schedule, local_time(schedule, now))
+
+
+def local_time(schedule: Schedule, now: datetime) -> datetime:
+    """``now`` (an aware datetime, normally UTC) on the wall clock of ``schedule``'s zone."""
+    return _utc(now).astimezone(schedule.zone())
+
+
+def is_open_local(schedule: Schedule, local: datetime) -> bool:
+    """Is ``schedule`` open at ``local``, an instant given by ``local_time``?"""
     moment = local.time()
     return any(hours.contains(moment) for hours in schedule.hours(local.date()))
 
