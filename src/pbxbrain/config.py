@@ -812,11 +812,24 @@ class Line(_Model):
 
 
 class Region(_Model):
-    """Callers whose number starts with one of ``prefixes`` go to ``department`` (used by the
-    ``region`` route step; the longest matching prefix wins)."""
+    """Callers of an area go to ``department`` (the ``region`` route step).
 
-    prefixes: tuple[NumberPrefix, ...] = Field(min_length=1)
+    The area is given by number ``prefixes`` (``+7812``: Saint Petersburg; the longest
+    prefix matching a caller wins over every shorter one and over countries) and/or by
+    ``countries``: ISO codes of the country phonenumbers assigns the caller's number to
+    (``KZ``, ``BY``), for callers no prefix matched.
+    """
+
+    prefixes: tuple[NumberPrefix, ...] = ()
+    countries: tuple[Annotated[str, AfterValidator(_check_region)], ...] = ()
     department: str
+
+    @model_validator(mode="after")
+    def _has_an_area(self) -> Region:
+        if not self.prefixes and not self.countries:
+            raise ValueError('a region needs prefixes: (e.g. ["+7812"]) or countries: '
+                             "(e.g. [KZ, BY]), or both")
+        return self
 
 
 # --------------------------------------------------------------------------------------------
@@ -1498,6 +1511,19 @@ class _References:
                                           f"belongs to one region")
                 else:
                     owner[normal] = path
+            countries = region.get("countries")
+            for index, country in enumerate(countries if isinstance(countries, list) else []):
+                if not isinstance(country, str):
+                    continue
+                key = f"country {country.upper()}"
+                path = ("regions", region_id, "countries", index)
+                if key in owner:
+                    self.reader.add(path, f"country {country.upper()} is already in region "
+                                          f"'{owner[key][1]}' "
+                                          f"({self.reader.line_of(owner[key])}); a country "
+                                          f"belongs to one region")
+                else:
+                    owner[key] = path
 
     def _tokens(self) -> None:
         tokens = _as_map(self.data.get("http")).get("tokens")

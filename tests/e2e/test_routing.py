@@ -112,8 +112,10 @@ def test_given_ring_all_then_both_ring_at_once_and_the_first_to_answer_wins(
     rang = {str(e["staff"]) for e in events(journal, call.call_id, EventKind.RINGING)}
     assert rang == {"ivanov", "petrov"}
     (routed,) = events(journal, call.call_id, EventKind.ROUTED)
-    assert routed["steps"] == [{"ring": ["ivanov:desk", "petrov:desk"], "mode": "all",
-                                "timeout_s": 3, "why": "ring_all ivanov, petrov"}]
+    assert routed["steps"] == [
+        {"kind": "ring", "mode": "all", "timeout_s": 3, "why": "ring_all ivanov, petrov",
+         "targets": [{"staff_id": "ivanov", "endpoint": "PJSIP/101", "kind": "desk"},
+                     {"staff_id": "petrov", "endpoint": "PJSIP/102", "kind": "desk"}]}]
     ended = {e["staff"]: e["reason"] for e in events(journal, call.call_id,
                                                       EventKind.LEG_ENDED)}
     assert ended == {"petrov": "answered elsewhere"}

@@ -2,7 +2,7 @@
 
 Config tests/e2e/strategies.yaml: department moscow (sequential: ivanov 101, petrov 102,
 2 s each), spb (fixed: sidorov 103, kuznetsov 104), accounts (sticky: smirnov 106,
-volkova 107, 2 s each); callers from +7812 are in region spb.
+volkova 107, 2 s each); callers from +7812 and from Kazakhstan are in region spb.
 """
 
 from __future__ import annotations
@@ -49,20 +49,22 @@ def notes(journal: JournalReader, call_id: str) -> list[str]:
     return [str(note) for note in found]
 
 
+@pytest.mark.parametrize(("number", "matched"), [("+78121234567", "+7812"),  # prefix
+                                                  ("+77012345678", "KZ")])  # country
 def test_given_a_caller_from_the_spb_region_then_the_fixed_department_rings_one_alone(
-    strategies: Daemon, live_asterisk: Sandbox, journal: JournalReader
+    strategies: Daemon, live_asterisk: Sandbox, journal: JournalReader, number: str,
+    matched: str,
 ) -> None:
     sidorov = live_asterisk.phone("103")
-    caller = live_asterisk.call_from_pstn(REGIONAL, "+78121234567", "caller_waits.xml",
-                                          talk_ms=1500)
+    caller = live_asterisk.call_from_pstn(REGIONAL, number, "caller_waits.xml", talk_ms=1500)
     finish(sidorov)
     assert caller.ok, caller.output
 
-    call = journal.wait_closed_call("+78121234567")
+    call = journal.wait_closed_call(number)
     assert call.outcome is CallOutcome.ANSWERED
     assert call.answered_by == "sidorov"
     assert rang(journal, call.call_id) == ["sidorov"]  # kuznetsov was free, and not rung
-    assert "caller +78121234567 in region spb (+7812) → department spb" in notes(
+    assert f"caller {number} in region spb ({matched}) → department spb" in notes(
         journal, call.call_id)
     (rec,) = journal.recordings(call.call_id)
     assert (strategies.recordings / rec.path).is_file()

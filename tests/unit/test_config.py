@@ -350,6 +350,28 @@ CASES: list[tuple[str, str, Located, str]] = [
         "prefix +7812 is already in region 'one' (line 7)",
     ),
     (
+        "duplicate country in two regions",
+        "departments: {a: {}, b: {}}\n"
+        'regions:\n  one: {countries: [KZ], department: a}\n'
+        '  two: {countries: [BY, kz], department: b}\n',
+        (8, 25, "regions.two.countries[1]"),
+        "country KZ is already in region 'one' (line 7)",
+    ),
+    (
+        "unknown country in a region",
+        "departments: {a: {}}\n"
+        'regions:\n  one: {countries: [XX], department: a}\n',
+        (7, 21, "regions.one.countries[0]"),
+        "'XX' is not a region code",
+    ),
+    (
+        "region without an area",
+        "departments: {a: {}}\n"
+        'regions:\n  one: {department: a}\n',
+        (7, 8, "regions.one"),
+        "a region needs prefixes:",
+    ),
+    (
         "missed-call SLA of zero minutes",
         "missed_calls: {sla_minutes: 0}\n",
         (5, 29, "missed_calls.sla_minutes"),

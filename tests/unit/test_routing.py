@@ -70,7 +70,8 @@ schedules:
     holidays: [2027-01-01]
 regions:
   spb:    {prefixes: ["+7812", "+7813"], department: spb}
-  spbvip: {prefixes: ["+7812999"], department: vip}
+  spbvip: {prefixes: ["+7812999", "+7727"], department: vip}
+  abroad: {countries: [KZ, BY], department: front}
 blacklist: ["+79000000000", "+7800555"]
 """
 
@@ -389,6 +390,14 @@ def test_given_a_line_with_its_own_busy_prompt_then_that_sound_is_played() -> No
          "caller +78129991234 in region spbvip (+7812999) → department vip"),
         ("+79161112233", "sales", ["ring seq 20: ivanov, petrov, sidorov"],
          "caller +79161112233 in no region → default sales"),
+        # no prefix matched: the country phonenumbers gives the number
+        ("+77012345678", "sales", ["ring all 40: secretary"],
+         "caller +77012345678 in region abroad (KZ) → department front"),
+        ("+375291234567", None, ["ring all 40: secretary"],
+         "caller +375291234567 in region abroad (BY) → department front"),
+        # a prefix beats a country (+7727: Almaty, in Kazakhstan)
+        ("+77272123456", "sales", ["ring seq 30: volkova, lebedev, sokolov"],
+         "caller +77272123456 in region spbvip (+7727) → department vip"),
         ("+79161112233", None, [],
          "caller +79161112233 in no region and no default: region step skipped"),
         ("anonymous", "support", ["ring seq 15: belov, chernov, zaitsev"],

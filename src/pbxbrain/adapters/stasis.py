@@ -63,9 +63,11 @@ from pbxbrain.domain.model import (
     InboundCall,
     OutboxMessage,
     RecordingInfo,
+    client_of,
 )
 from pbxbrain.domain.phone import normalize_caller, to_e164
 from pbxbrain.domain.plan import Plan, Play, Reject, Ring, RingMode, Target, Voicemail
+from pbxbrain.domain.routing import step_to_json
 from pbxbrain.domain.sla import is_missed, missed_call_for, sla_for
 from pbxbrain.ports import CallStore, PhoneStates
 from pbxbrain.service import Journal, Router
@@ -196,7 +198,7 @@ class CallSession:
             self.plan = plan
             self.journal.entered(call, line=plan.line, source=plan.source)
             self.log_event(EventKind.ROUTED, rule=plan.rule, notes=list(plan.notes),
-                           steps=[_describe_step(s) for s in plan.steps],
+                           steps=[step_to_json(s) for s in plan.steps],
                            skipped={s.staff_id: s.reason for s in plan.skipped},
                            responsible=plan.responsible)
             if plan.fallback:
@@ -334,15 +336,10 @@ class CallSession:
         return legs
 
     # -- live events ---------------------------------------------------------------
-    @property
-    def client(self) -> str:
-        """The external party: the caller (inbound) or the number dialed (outbound)."""
-        return self.call.dialed if self.call.direction is Direction.OUTBOUND else self.call.caller
-
     def _event_base(self) -> dict[str, object]:
         return {"call_id": self.call.call_id,
                 "direction": "outbound" if self.call.direction is Direction.OUTBOUND
-                else "inbound", "client": self.client}
+                else "inbound", "client": client_of(self.call) or self.call.caller}
 
     def ringing(self, manager: str | None) -> None:
         """Publish ``call.ringing`` (and the screen pop when a manager's phone rings)."""
@@ -599,19 +596,6 @@ def _cause_name(cause: int, text: str) -> str:
     return names.get(cause, text or f"cause {cause}")
 
 
-def _describe_step(step: Ring | Play | Voicemail | Reject) -> dict[str, object]:
-    match step:
-        case Ring(targets=targets, mode=mode, timeout_s=timeout_s):
-            return {"ring": [f"{t.staff_id}:{t.kind}" for t in targets], "mode": mode.value,
-                    "timeout_s": timeout_s, "why": step.why}
-        case Play(prompt=prompt):
-            return {"play": prompt, "why": step.why}
-        case Voicemail(box=box):
-            return {"voicemail": box, "why": step.why}
-        case Reject(cause=cause):
-            return {"reject": cause, "why": step.why}
-
-
 class StasisApp:
     """Routes ARI events to call sessions; re-syncs after a reconnect; stops cleanly."""
 
@@ -745,8 +729,7 @@ class StasisApp:
                    ) -> list[OutboxMessage]:
         """Outbox rows committed with the outcome: a missed-call task for the responsible
         manager, or "called back" when a manager talked to a client."""
-        client = {Direction.INBOUND: call.caller,
-                  Direction.OUTBOUND: call.dialed}.get(call.direction)
+        client = client_of(call)
         if client is None or not client.startswith("+"):
             return []  # internal calls, anonymous or unparseable numbers: no CRM contact
         if plan is not None and plan.unanswered_outcome is CallOutcome.REJECTED:

@@ -267,3 +267,13 @@ class OriginateRequest:
     crm_ids: Mapping[str, str]
     idempotency_key: str | None
     requested_by: str
+
+
+def client_of(call: InboundCall | CallSummary) -> str | None:
+    """The client of a call, the party outside the company: the caller of an inbound call,
+    the number dialed by an outbound one; None for internal calls."""
+    if call.direction is Direction.INBOUND:
+        return call.caller
+    if call.direction is Direction.OUTBOUND:
+        return call.dialed
+    return None

@@ -44,6 +44,7 @@ def normalize_caller(raw: str, default_region: str) -> str:
     return to_e164(raw, default_region) or (raw.strip() or "anonymous")
 
 
+@functools.lru_cache(maxsize=65536)
 def region_of(e164: str) -> str | None:
     """The ISO region code phonenumbers assigns to an E.164 number (``RU``), if any."""
     try:

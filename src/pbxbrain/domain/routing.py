@@ -27,7 +27,8 @@ randomness. The rules, applied in this order (the first that decides wins):
      caller has no manager yet, the first pick becomes his (``assign_sticky``); fixed:
      the first free member in listed order, alone.
    * manager: that manager. ring_all: those managers at once. region: the department of
-     the caller's region (longest matching prefix), else ``default``.
+     the caller's region (the longest matching prefix; else the region listing the
+     caller's country, as phonenumbers assigns it), else ``default``.
    * voicemail: take a message; the route ends there.
    Nobody busy is rung (on any phone); nobody offline is rung on the desk phone (a
    mobile is never offline); no phone is rung twice in one plan, so a manager is rung
@@ -71,7 +72,7 @@ from pbxbrain.config import (
 )
 from pbxbrain.domain.dialing import DialRefused, validate_dial_number
 from pbxbrain.domain.model import CallOutcome, Direction, InboundCall
-from pbxbrain.domain.phone import to_e164
+from pbxbrain.domain.phone import region_of, to_e164
 from pbxbrain.domain.plan import (
     Facts,
     Plan,
@@ -96,6 +97,7 @@ __all__ = [
     "explain",
     "find_line",
     "plan_to_json",
+    "step_to_json",
 ]
 
 """The sound played once when busy policy is ``prompt`` and a step finds only busy people."""
@@ -237,13 +239,19 @@ def _blacklisted(caller: str, config: Config) -> str | None:
 
 
 def _region_of(caller: str, config: Config) -> tuple[str, str, str] | None:
-    """(region id, matched prefix, department) for the longest prefix matching ``caller``."""
+    """(region id, what matched, department): the longest prefix matching ``caller``, else
+    the region listing the country phonenumbers assigns his number to."""
     best: tuple[str, str, str] | None = None
     for region_id, region in config.regions.items():
         for prefix in region.prefixes:
             if caller.startswith(prefix) and (best is None or len(prefix) > len(best[1])):
                 best = (region_id, prefix, region.department)
-    return best
+    if best is not None or not caller.startswith("+"):
+        return best
+    country = region_of(caller)
+    return next(((region_id, country, region.department)
+                 for region_id, region in config.regions.items()
+                 if country in region.countries), None)
 
 
 def _region_department(step: RegionStep, caller: str, config: Config) -> str | None:
@@ -804,7 +812,8 @@ def explain(plan: Plan) -> str:
     return "\n".join(lines)
 
 
-def _step_json(step: Step) -> dict[str, Any]:
+def step_to_json(step: Step) -> dict[str, Any]:
+    """One step as JSON-ready data: ``pbxbrain route --json`` and the journal's ``routed``."""
     match step:
         case Ring():
             return {"kind": "ring", "mode": step.mode.value, "timeout_s": step.timeout_s,
@@ -827,7 +836,7 @@ def plan_to_json(plan: Plan) -> dict[str, Any]:
         "source": plan.source,
         "record": plan.record,
         "fallback": plan.fallback,
-        "steps": [_step_json(step) for step in plan.steps],
+        "steps": [step_to_json(step) for step in plan.steps],
         "unanswered_outcome": plan.unanswered_outcome.value,
         "responsible": plan.responsible,
         "skipped": [{"staff_id": skip.staff_id, "reason": skip.reason}
