@@ -1503,27 +1503,21 @@ class _References:
                     normal = normalize_prefix(prefix, self.region)
                 except ValueError:
                     continue
-                path: _Path = ("regions", region_id, "prefixes", index)
-                if normal in owner:
-                    self.reader.add(path, f"prefix {normal} is already in region "
-                                          f"'{owner[normal][1]}' "
-                                          f"({self.reader.line_of(owner[normal])}); a prefix "
-                                          f"belongs to one region")
-                else:
-                    owner[normal] = path
+                self._claim_area(owner, f"prefix {normal}",
+                                 ("regions", region_id, "prefixes", index))
             countries = region.get("countries")
             for index, country in enumerate(countries if isinstance(countries, list) else []):
-                if not isinstance(country, str):
-                    continue
-                key = f"country {country.upper()}"
-                path = ("regions", region_id, "countries", index)
-                if key in owner:
-                    self.reader.add(path, f"country {country.upper()} is already in region "
-                                          f"'{owner[key][1]}' "
-                                          f"({self.reader.line_of(owner[key])}); a country "
-                                          f"belongs to one region")
-                else:
-                    owner[key] = path
+                if isinstance(country, str):
+                    self._claim_area(owner, f"country {country.upper()}",
+                                     ("regions", region_id, "countries", index))
+
+    def _claim_area(self, owner: dict[str, _Path], area: str, path: _Path) -> None:
+        """A prefix or a country belongs to one region: the first one that names it."""
+        first = owner.setdefault(area, path)
+        if first is not path:
+            self.reader.add(path, f"{area} is already in region '{first[1]}' "
+                                  f"({self.reader.line_of(first)}); a {area.split(maxsplit=1)[0]} "
+                                  f"belongs to one region")
 
     def _tokens(self) -> None:
         tokens = _as_map(self.data.get("http")).get("tokens")
