@@ -145,6 +145,18 @@ class JournalReader:
         return wait_for(f"a closed call from {number} in the journal", closed, timeout_s)
 
 
+def assert_recorded(daemon: Daemon, journal: JournalReader, call_id: str, low_s: float,
+                    high_s: float) -> None:
+    """The call has one recording, on disk as the database says, of real audio lasting
+    between ``low_s`` and ``high_s`` seconds (the talk time, give or take signalling)."""
+    (rec,) = journal.recordings(call_id)
+    path = daemon.recordings / rec.path
+    assert path.is_file(), rec
+    assert rec.size_bytes == path.stat().st_size, rec
+    assert rec.duration_s is not None, rec
+    assert low_s <= rec.duration_s <= high_s, rec
+
+
 @pytest.fixture
 def journal(daemon: Daemon) -> JournalReader:
     return JournalReader(daemon.database_url)

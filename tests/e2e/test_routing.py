@@ -11,7 +11,7 @@ from itertools import pairwise
 import pytest
 
 from pbxbrain.domain.model import CallOutcome, CallSummary, Direction, EventKind
-from tests.e2e.conftest import JournalReader
+from tests.e2e.conftest import JournalReader, assert_recorded
 from tests.support.asterisk import Phone, Sandbox, SippResult, wait_for
 from tests.support.daemon import Daemon
 
@@ -49,12 +49,7 @@ def test_given_round_robin_when_first_manager_answers_then_bridged_and_recorded(
     assert call.answered_by == "ivanov"
     assert call.line == "+74951000001"
     assert [e["staff"] for e in events(journal, call.call_id, EventKind.RINGING)] == ["ivanov"]
-    (rec,) = journal.recordings(call.call_id)
-    path = daemon.recordings / rec.path
-    assert path.is_file()
-    assert rec.size_bytes == path.stat().st_size
-    assert rec.duration_s is not None
-    assert 1.5 <= rec.duration_s <= 4.0, rec  # the caller talked for 2 s
+    assert_recorded(daemon, journal, call.call_id, 1.5, 4.0)  # the caller talked for 2 s
 
 
 def test_given_busy_and_unanswered_phones_then_the_next_manager_gets_the_call(
@@ -143,7 +138,7 @@ def test_given_ring_all_and_two_managers_answering_almost_together_then_exactly_
     ended = {e["staff"]: e["reason"] for e in events(journal, call.call_id,
                                                       EventKind.LEG_ENDED)}
     assert ended == {loser: "answered elsewhere"}
-    assert len(journal.recordings(call.call_id)) == 1
+    assert_recorded(daemon, journal, call.call_id, 0.5, 2.5)  # talked for 1 s
     live_asterisk.wait_idle(timeout_s=5)
 
 

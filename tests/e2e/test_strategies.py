@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from pbxbrain.domain.model import CallOutcome, EventKind
-from tests.e2e.conftest import JournalReader, running_daemon
+from tests.e2e.conftest import JournalReader, assert_recorded, running_daemon
 from tests.e2e.test_routing import events, finish
 from tests.support.asterisk import Sandbox, wait_for
 from tests.support.daemon import Daemon
@@ -66,10 +66,7 @@ def test_given_a_caller_from_the_spb_region_then_the_fixed_department_rings_one_
     assert rang(journal, call.call_id) == ["sidorov"]  # kuznetsov was free, and not rung
     assert f"caller {number} in region spb ({matched}) → department spb" in notes(
         journal, call.call_id)
-    (rec,) = journal.recordings(call.call_id)
-    assert (strategies.recordings / rec.path).is_file()
-    assert rec.duration_s is not None
-    assert 1.0 <= rec.duration_s <= 3.5, rec
+    assert_recorded(strategies, journal, call.call_id, 0.8, 3.0)  # talked for 1.5 s
 
 
 def test_given_a_caller_in_no_region_then_the_default_department_rings_in_listed_order(
@@ -78,7 +75,7 @@ def test_given_a_caller_in_no_region_then_the_default_department_rings_in_listed
     ivanov = live_asterisk.phone("101", "phone_no_answer.xml")
     petrov = live_asterisk.phone("102")
     caller = live_asterisk.call_from_pstn(REGIONAL, "+79162000001", "caller_waits.xml",
-                                          talk_ms=500)
+                                          talk_ms=1500)
     finish(ivanov, petrov)
     assert caller.ok, caller.output
 
@@ -89,6 +86,7 @@ def test_given_a_caller_in_no_region_then_the_default_department_rings_in_listed
     ended = {e["staff"]: e["reason"] for e in events(journal, call.call_id,
                                                       EventKind.LEG_ENDED)}
     assert ended == {"ivanov": "no answer in time"}
+    assert_recorded(strategies, journal, call.call_id, 0.8, 3.0)
     assert "caller +79162000001 in no region → default moscow" in notes(journal,
                                                                           call.call_id)
 
@@ -119,7 +117,7 @@ def test_given_sticky_then_the_manager_who_talked_to_a_new_caller_keeps_him(
     live_asterisk.wait_idle()
 
     # 3. The first client again: round robin would start with smirnov; he gets volkova.
-    caller = live_asterisk.call_from_pstn(STICKY, client, "caller_waits.xml", talk_ms=300)
+    caller = live_asterisk.call_from_pstn(STICKY, client, "caller_waits.xml", talk_ms=1500)
     finish(volkova)
     assert caller.ok, caller.output
 
@@ -131,6 +129,7 @@ def test_given_sticky_then_the_manager_who_talked_to_a_new_caller_keeps_him(
     assert rang(journal, again) == ["volkova"]
     assert "volkova is this caller's manager in accounts" in notes(journal, again)
     assert journal.manager_of(client) == "volkova"
+    assert_recorded(strategies, journal, again, 0.8, 3.0)
 
 
 def test_given_busy_prompt_and_the_manager_on_a_call_then_the_caller_hears_it_and_goes_on(
@@ -158,6 +157,8 @@ def test_given_busy_prompt_and_the_manager_on_a_call_then_the_caller_hears_it_an
     assert routed["skipped"] == {"ivanov": "busy"}
     assert [e["prompt"] for e in events(journal, call.call_id, EventKind.PLAYED)] == [
         "pls-hold-while-try"]
+    # Recorded from the bridge: the caller's 4 s less the 2.4 s prompt and the ringing.
+    assert_recorded(strategies, journal, call.call_id, 0.5, 2.5)
 
     first = talking.wait()
     assert first.ok, first.output
