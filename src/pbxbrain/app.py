@@ -30,7 +30,7 @@ from pbxbrain.adapters.migrate import migrate
 from pbxbrain.adapters.outbox import OutboxWorker
 from pbxbrain.adapters.presence import Presence
 from pbxbrain.adapters.recordings import RecordingDirectory
-from pbxbrain.adapters.stasis import StasisApp, StasisSettings
+from pbxbrain.adapters.stasis import EVENT_TYPES, StasisApp, StasisSettings
 from pbxbrain.api.app import ApiDeps, make_http_app
 from pbxbrain.api.events import EventBus
 from pbxbrain.config import Config
@@ -54,9 +54,10 @@ class Daemon:
         self.crm = make_crm(config, self.engine, self.http)
         self.crm_lookup = CachedLookup(self.crm)
         self.outbox = SqlOutbox(self.engine)
-        self.outbox_worker = OutboxWorker(self.outbox, self.crm, self.node,
+        # Writes linger a moment so that the calls of a busy second share transactions.
+        self.outbox_worker = OutboxWorker(self.outbox, self.crm, self.node, linger_s=0.2,
                                           on_contact_changed=self.crm_lookup.invalidate)
-        self.journal = Journal(self.store, on_outbox=self.outbox_worker.poke)
+        self.journal = Journal(self.store, linger_s=0.05, on_outbox=self.outbox_worker.poke)
         self.ari = AriClient(str(ast.ari.url), ast.ari.user, ast.ari.password.get_secret_value(),
                              ast.ari.app)
         self.ami = AmiClient(ast.ami.host, ast.ami.port, ast.ami.user,
@@ -79,7 +80,8 @@ class Daemon:
                 recording_format=config.recordings.format,
             ),
         )
-        self.events = AriEventStream(self.ari, self.stasis.on_event, self.stasis.on_link)
+        self.events = AriEventStream(self.ari, self.stasis.on_event, self.stasis.on_link,
+                                     event_types=EVENT_TYPES)
         self.bus = EventBus()
         self.stasis.publish = self._publish
         self.click_to_call = ClickToCallService(self.stasis, config,

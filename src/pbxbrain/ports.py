@@ -5,7 +5,7 @@ Concrete adapters live in ``pbxbrain.adapters``; unit tests use small hand-writt
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime
@@ -133,6 +133,9 @@ class PhoneStates(Protocol):
     def release_all(self, call_id: str) -> None:
         """Let every manager held by a call go."""
 
+    def changed(self) -> None:
+        """One of pbxbrain's channels ended: phone states are to be read afresh."""
+
 
 class CrmUnavailable(Exception):
     """The CRM did not answer, answered an error, or answered nonsense; retry later."""
@@ -180,8 +183,8 @@ class OutboxStore(Protocol):
         """Lease up to ``limit`` due rows (not delivered, not failed for good, not leased
         to anyone at ``now``) to ``node``; oldest due first."""
 
-    async def delivered(self, delivery_id: int, at: datetime) -> None:
-        """Mark a row delivered (and release its lease)."""
+    async def delivered(self, delivery_ids: Collection[int], at: datetime) -> None:
+        """Mark rows delivered (and release their leases)."""
 
     async def delivery_failed(self, delivery_id: int, error: str, retry_at: datetime) -> None:
         """Count a failed attempt, keep the error, schedule the next attempt, release."""

@@ -49,9 +49,13 @@ class Journal:
     """Ordered, retried writes of call facts to the CallStore."""
 
     def __init__(self, store: CallStore, *, retry_first_s: float = 0.2,
-                 retry_max_s: float = 10.0,
+                 retry_max_s: float = 10.0, linger_s: float = 0.0,
                  on_outbox: Callable[[], None] | None = None) -> None:
+        """``linger_s``: how long the first write of a batch waits for company (a call
+        makes half a dozen writes within a second; one transaction for all of them, and
+        for other calls', is much cheaper than one each)."""
         self._store = store
+        self._linger = linger_s
         self._on_outbox = on_outbox  # told after outbox rows are committed
         self._outbox_written = False
         self._batch_max = 200
@@ -137,6 +141,8 @@ class Journal:
                 self._idle.set()
                 self._wakeup.clear()
                 await self._wakeup.wait()
+                if self._linger > 0:
+                    await asyncio.sleep(self._linger)
                 continue
             # Everything queued so far goes in one transaction: one commit per batch, not
             # per entry, is what keeps the journal cheap under load.

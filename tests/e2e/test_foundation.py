@@ -6,9 +6,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from pbxbrain.adapters.stasis import EVENT_TYPES
 from pbxbrain.domain.model import CallOutcome, Direction, EventKind
 from tests.e2e.conftest import JournalReader
-from tests.support.asterisk import Sandbox, sandbox, wait_for
+from tests.support.asterisk import Sandbox, ari_get, sandbox, wait_for
 from tests.support.daemon import Daemon
 
 pytestmark = pytest.mark.asterisk
@@ -39,6 +40,13 @@ def test_given_a_pstn_call_then_it_enters_stasis_and_is_journaled(
     kinds = [e.kind for e in journal.journal(call.call_id)]
     assert kinds[:3] == [EventKind.ENTERED, EventKind.ROUTED, EventKind.RINGING]
     assert kinds[-1] == EventKind.ENDED
+
+
+def test_given_the_daemon_connected_then_asterisk_sends_it_only_the_events_it_uses(
+    daemon: Daemon, live_asterisk: Sandbox
+) -> None:
+    app = ari_get("/applications/pbxbrain")
+    assert {e["type"] for e in app["events_allowed"]} == EVENT_TYPES
 
 
 def test_given_asterisk_restarts_then_daemon_reports_not_ready_and_takes_the_next_call(

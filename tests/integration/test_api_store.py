@@ -236,7 +236,7 @@ async def test_given_the_real_outbox_then_failures_are_listed_and_retried(
                        at=at, due_at=at + timedelta(minutes=15), responsible="ivanov"))])
     now = T0 + timedelta(hours=1)
     a, b, c, _ = await outbox.claim_deliveries("n", now, lease_s=7200)
-    await outbox.delivered(a.id, now)
+    await outbox.delivered([a.id], now)
     await outbox.delivery_failed(b.id, "CRM said 503", now + timedelta(days=1))
     await outbox.delivery_rejected(c.id, "CRM said 400: bad phone", now)
 

@@ -422,7 +422,7 @@ async def test_given_outcomes_then_rows_are_delivered_retried_failed_and_retried
     await queue(calls, 3)
     a, b, c = await outbox.claim_deliveries("n", T0 + timedelta(minutes=1))
 
-    await outbox.delivered(a.id, T0 + timedelta(minutes=1))
+    await outbox.delivered([a.id], T0 + timedelta(minutes=1))
     await outbox.delivery_failed(b.id, "CRM said 503", T0 + timedelta(minutes=5))
     await outbox.delivery_rejected(c.id, "CRM said 400: bad phone", T0 + timedelta(minutes=1))
 

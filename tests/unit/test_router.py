@@ -70,6 +70,9 @@ class Phones:
     def release_all(self, call_id: str) -> None:
         return None
 
+    def changed(self) -> None:
+        return None
+
 
 @dataclass
 class Lookup:

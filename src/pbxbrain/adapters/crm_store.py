@@ -22,6 +22,7 @@ is idempotent on the message key, so such a second delivery is harmless.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from datetime import datetime, timedelta
 from typing import Final
 
@@ -176,12 +177,12 @@ class SqlOutbox(SqlAccess):
             for r in rows
         ]
 
-    async def delivered(self, delivery_id: int, at: datetime) -> None:
-        """Mark a row delivered (the first time only) and release its lease."""
+    async def delivered(self, delivery_ids: Collection[int], at: datetime) -> None:
+        """Mark rows delivered (the first time only) and release their leases."""
         async with self._tx(write=True) as conn:
             await conn.execute(
                 update(Outbox)
-                .where(Outbox.id == delivery_id, Outbox.delivered_at.is_(None))
+                .where(Outbox.id.in_(list(delivery_ids)), Outbox.delivered_at.is_(None))
                 .values(delivered_at=at, last_error=None, claimed_by=None, claimed_until=None)
             )
 

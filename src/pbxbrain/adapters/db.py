@@ -312,7 +312,10 @@ def create_engine(
     """
     u = normalize_url(url)
     if u.drivername == SQLITE_DRIVER:
-        engine = create_async_engine(u, echo=echo, connect_args={"timeout": busy_timeout_ms / 1000})
+        # Every transaction here ends in COMMIT or ROLLBACK (``SqlAccess._tx``), so the
+        # pool's own rollback on check-in would only cost a thread hop per transaction.
+        engine = create_async_engine(u, echo=echo, pool_reset_on_return=None,
+                                     connect_args={"timeout": busy_timeout_ms / 1000})
         _install_sqlite_hooks(engine, busy_timeout_ms)
         return engine
     return create_async_engine(

@@ -18,9 +18,10 @@ kind                      key                         payload
 
 * it claims due rows with a lease (``OutboxStore.claim_deliveries``), so several nodes on
   one database never deliver a row at the same time, and delivers them one by one;
-* delivered: ``delivered``. ``CrmUnavailable``: ``delivery_failed`` with exponential
-  backoff (``first_delay_s`` * 2^attempts, capped at ``max_delay_s``, ± 20 % jitter from
-  the injected random source), retried forever: a missed call is never dropped.
+* delivered: ``delivered``, once per round for all its rows. ``CrmUnavailable``:
+  ``delivery_failed`` with exponential backoff (``first_delay_s`` * 2^attempts, capped at
+  ``max_delay_s``, ± 20 % jitter from the injected random source), retried forever: a
+  missed call is never dropped.
   ``CrmRejected``, or a payload that cannot be read: ``delivery_rejected`` at once (failed
   for good, listed by ``failed_deliveries``, retried only by hand: ``retry_now``);
 * each failure is one log line with the call id, kind, attempt and error; ``status`` is
@@ -207,8 +208,11 @@ class OutboxWorker:
         first_delay_s: float = 5.0,
         max_delay_s: float = 600.0,
         deliver_timeout_s: float = 30.0,
+        linger_s: float = 0.0,
         on_contact_changed: Callable[[str], None] | None = None,
     ) -> None:
+        """``linger_s``: after a poke, wait this long for more rows, so that the calls of a
+        busy moment are claimed and marked in one transaction each, not one per call."""
         if lease_s <= deliver_timeout_s:
             raise ValueError(f"lease_s ({lease_s}) must exceed deliver_timeout_s "
                              f"({deliver_timeout_s}): a lease must outlive a delivery")
@@ -224,6 +228,9 @@ class OutboxWorker:
         self._max = max_delay_s
         self._deliver_timeout = deliver_timeout_s
         self._on_contact_changed = on_contact_changed
+        self._linger = linger_s
+        # When the next row is due, as far as this worker knows; None: ask the database.
+        self._next_due: datetime | None = None
         self._wakeup = asyncio.Event()
         self._failing = 0
         self._status_dirty = True  # count the failing rows a previous run left
@@ -276,7 +283,7 @@ class OutboxWorker:
                     log.info("outbox: database back")
                 self._db_error = ""
                 db_delay = 0.5
-                wait = 0.0 if handled >= self._batch else await self._idle_wait()
+                wait = 0.0 if handled >= self._batch else await self._idle_wait(handled)
             except StoreUnavailable as exc:
                 if not self._db_error:
                     log.error("outbox: database unavailable (%s); retrying", exc)
@@ -293,14 +300,22 @@ class OutboxWorker:
             if wait > 0:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wakeup.wait(), wait)
+                    if self._linger > 0:
+                        await asyncio.sleep(self._linger)
 
-    async def _idle_wait(self) -> float:
+    async def _idle_wait(self, handled: int) -> float:
         """Seconds until the next row is due (at most ``tick_s``, at least a moment, so
-        that a row claimable only by another node cannot spin this loop)."""
-        due = await self._store.next_due_at()
-        if due is None:
-            return self._tick
-        seconds = (due - self._clock()).total_seconds()
+        that a row claimable only by another node cannot spin this loop).
+
+        After a round of first attempts that all went through, the rows still waiting are
+        the ones this worker knew of before (retries keep their times; new failures were
+        noted by ``_fail``): no need to ask the database again.
+        """
+        if handled == 0 or self._next_due is None:
+            due = await self._store.next_due_at()
+            self._next_due = due if due is not None else self._clock() + timedelta(
+                seconds=self._tick)
+        seconds = (self._next_due - self._clock()).total_seconds()
         return min(self._tick, max(0.2, seconds))
 
     async def run_once(self) -> int:
@@ -312,11 +327,26 @@ class OutboxWorker:
         now = self._clock()
         rows = await self._store.claim_deliveries(
             self._node, now, self._batch, self._lease.total_seconds())
+        if any(row.attempts for row in rows):
+            self._next_due = None  # a retry was due: when the next one is, ask again
         lease_end = now + self._lease - timedelta(seconds=self._deliver_timeout)
-        for row in rows:
-            if self._clock() >= lease_end:
-                break
-            await self._deliver(row)
+        done: list[tuple[int, str | None]] = []  # (row id, phone) delivered
+        try:
+            for row in rows:
+                if self._clock() >= lease_end:
+                    break
+                delivered = await self._deliver(row)
+                if delivered is not None:
+                    done.append((row.id, delivered[0]))
+        finally:
+            # One transaction marks the round's deliveries; were it lost, the rows would
+            # go again when their lease ends, and the CRM dedupes them on their keys.
+            if done:
+                await self._store.delivered([row_id for row_id, _ in done], self._clock())
+                self.delivered_count += len(done)
+                for _, phone in done:
+                    if phone and self._on_contact_changed is not None:
+                        self._on_contact_changed(phone)
         return len(rows)
 
     async def refresh_status(self) -> None:
@@ -329,15 +359,17 @@ class OutboxWorker:
             self.last_error = newest_error
 
     # -- one row ---------------------------------------------------------------------
-    async def _deliver(self, row: PendingDelivery) -> None:
+    async def _deliver(self, row: PendingDelivery) -> tuple[str | None] | None:
+        """Deliver one row; ``(phone,)`` when the CRM took it (the caller marks it), None
+        when it failed (marked here)."""
         try:
             action = self._action(row)
         except ValidationError as exc:
             await self._reject(row, f"unreadable {row.kind} payload: {_short(exc)}")
-            return
+            return None
         except ValueError as exc:
             await self._reject(row, str(exc))
-            return
+            return None
         try:
             async with asyncio.timeout(self._deliver_timeout):
                 phone = await action
@@ -354,10 +386,8 @@ class OutboxWorker:
             log.exception("outbox: %s of call %s crashed", row.kind, row.call_id or "-")
             await self._fail(row, f"{type(exc).__name__}: {exc}")
         else:
-            await self._store.delivered(row.id, self._clock())
-            self.delivered_count += 1
-            if phone and self._on_contact_changed is not None:
-                self._on_contact_changed(phone)
+            return (phone,)
+        return None
 
     def _action(self, row: PendingDelivery) -> Coroutine[Any, Any, str | None]:
         """The coroutine that delivers ``row``, returning the phone it concerns (or None).
@@ -404,8 +434,10 @@ class OutboxWorker:
         self.last_error = error
         log.warning("outbox: %s of call %s failed (attempt %d): %s; next attempt in %.0f s",
                     row.kind, row.call_id or "-", row.attempts + 1, error, delay)
-        await self._store.delivery_failed(
-            row.id, error, self._clock() + timedelta(seconds=delay))
+        retry_at = self._clock() + timedelta(seconds=delay)
+        await self._store.delivery_failed(row.id, error, retry_at)
+        if self._next_due is not None:
+            self._next_due = min(self._next_due, retry_at)
 
     async def _reject(self, row: PendingDelivery, error: str) -> None:
         self._status_dirty = True

@@ -1,8 +1,13 @@
 """Who is free right now: Asterisk's view of the phones joined with pbxbrain's own calls.
 
-* Asterisk: one ``GET /endpoints/PJSIP`` per decision gives every phone's state
-  (``offline`` = unregistered or unreachable) and its channels (a phone with a channel is
-  on a call, whether pbxbrain placed it or not).
+* Asterisk: ``GET /endpoints/PJSIP`` gives every phone's state (``offline`` =
+  unregistered or unreachable) and its channels (a phone with a channel is on a call,
+  whether pbxbrain placed it or not). One answer serves the decisions of the next
+  ``max_age_s`` (calls arriving together share one request), and is dropped as soon as
+  one of pbxbrain's channels ends (``changed``): with hundreds of phones, that list was
+  the costliest part of a decision, and pbxbrain's own calls are covered by reservations
+  at once anyway. What can be stale is only a call pbxbrain did not place, by at most
+  ``max_age_s``: such a phone answers busy and the plan goes on.
 * pbxbrain: a manager being rung or talking in a pbxbrain call is *reserved* by that call.
   ``reserve`` is synchronous and the event loop is single-threaded, so two concurrent calls
   can never both get the same free manager.
@@ -10,8 +15,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from pbxbrain.adapters.ari import AriClient, AriError
@@ -31,11 +38,18 @@ class PresenceView:
 class Presence:
     """Tracks reservations; asks Asterisk for phone states."""
 
-    def __init__(self, ari: AriClient, phones: Mapping[str, str]) -> None:
+    def __init__(self, ari: AriClient, phones: Mapping[str, str], *,
+                 max_age_s: float = 0.5, clock: Callable[[], float] = time.monotonic) -> None:
         """``phones``: staff id -> desk phone dial string (``PJSIP/101``)."""
         self._ari = ari
         self._phones = dict(phones)
         self._reserved: dict[str, str] = {}  # staff id -> call id
+        self._max_age = max_age_s
+        self._clock = clock
+        self._asterisk: tuple[float, PresenceView] | None = None  # (taken at, view)
+        self._asking: asyncio.Future[PresenceView] | None = None
+        self._generation = 0  # bumped by changed(): an answer asked before is not kept
+        self.asked = 0  # requests made to Asterisk (for tests and health)
 
     def reserved_by(self, staff_id: str) -> str | None:
         """The call that holds this manager, if any."""
@@ -64,17 +78,44 @@ class Presence:
         view = await self.view()
         return view.busy, view.offline
 
+    def changed(self) -> None:
+        """A channel of pbxbrain's ended: the next decision asks Asterisk again."""
+        self._asterisk = None
+        self._generation += 1
+
     async def view(self) -> PresenceView:
         """Busy and offline managers now, and whether Asterisk could be asked."""
-        busy = set(self._reserved)
-        offline: set[str] = set()
+        phones = await self._asterisk_view()
+        return PresenceView(phones.busy | frozenset(self._reserved), phones.offline,
+                            phones.error)
+
+    async def _asterisk_view(self) -> PresenceView:
+        cached = self._asterisk
+        if cached is not None and self._clock() - cached[0] < self._max_age:
+            return cached[1]
+        if self._asking is None:
+            generation = self._generation
+            self._asking = asyncio.ensure_future(self._ask_asterisk())
+            self._asking.add_done_callback(lambda done: self._asked(done, generation))
+        return await asyncio.shield(self._asking)
+
+    def _asked(self, done: asyncio.Future[PresenceView], generation: int) -> None:
+        self._asking = None
+        if (generation == self._generation and not done.cancelled()
+                and done.exception() is None and not done.result().error):
+            self._asterisk = (self._clock(), done.result())
+
+    async def _ask_asterisk(self) -> PresenceView:
+        self.asked += 1
         try:
             endpoints = await self._ari.endpoints_of("PJSIP")
         except AriError as exc:
             log.warning("cannot read phone states from Asterisk (%s); routing on "
                         "pbxbrain's own view only", exc)
-            return PresenceView(frozenset(busy), frozenset(), str(exc))
+            return PresenceView(frozenset(), frozenset(), str(exc))
         by_resource = {f"{e.technology}/{e.resource}": e for e in endpoints}
+        busy: set[str] = set()
+        offline: set[str] = set()
         for staff_id, phone in self._phones.items():
             endpoint = by_resource.get(phone)
             if endpoint is None:

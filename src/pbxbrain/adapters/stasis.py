@@ -35,7 +35,7 @@ import uuid
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final
 
 from pbxbrain.adapters.ari import (
     AriClient,
@@ -73,6 +73,14 @@ from pbxbrain.ports import CallStore, PhoneStates
 from pbxbrain.service import Journal, Router
 
 log = logging.getLogger(__name__)
+
+#: The ARI event types call sessions act on; Asterisk is asked to send only these. A new
+#: consumer (DTMF for an IVR, bridge events, ...) adds its types here.
+EVENT_TYPES: Final = frozenset({
+    "StasisStart", "StasisEnd", "ChannelHangupRequest", "ChannelDestroyed",
+    "ChannelLeftBridge", "PlaybackStarted", "PlaybackFinished", "RecordingStarted",
+    "RecordingFinished", "RecordingFailed",
+})
 
 #: Channel ids pbxbrain gives the legs it originates: ``<call id>-<n>``.
 _LEG_ID = re.compile(r"[0-9a-f]{32}-[0-9]+")
@@ -639,6 +647,9 @@ class StasisApp:
                 key = playback.id
             case RecordingEvent(recording=recording):
                 key = recording.target_uri.partition(":")[2]
+            case ChannelDestroyed(channel=channel):
+                self.phones.changed()  # a phone of ours may be free again
+                key = channel.id
             case _:
                 channel_obj = getattr(event, "channel", None)
                 if not isinstance(channel_obj, Channel):

@@ -1,0 +1,127 @@
+"""Who is free: Asterisk's phone states (asked once for calls arriving together, dropped
+when a channel of ours ends) joined with pbxbrain's reservations."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import cast
+
+from pbxbrain.adapters.ari import AriClient, AriUnavailable, Endpoint
+from pbxbrain.adapters.presence import Presence
+
+PHONES = {"ivanov": "PJSIP/101", "petrov": "PJSIP/102", "orlov": "PJSIP/105"}
+
+
+class FakeAri:
+    """``endpoints_of`` answering ``endpoints`` once ``release`` is set."""
+
+    def __init__(self) -> None:
+        self.endpoints = [Endpoint("PJSIP", "101", "online", ("ch-1",)),
+                          Endpoint("PJSIP", "102", "online", ()),
+                          Endpoint("PJSIP", "105", "offline", ())]
+        self.requests = 0
+        self.release = asyncio.Event()
+        self.release.set()
+        self.down = False
+
+    async def endpoints_of(self, technology: str) -> list[Endpoint]:
+        assert technology == "PJSIP"
+        self.requests += 1
+        await self.release.wait()
+        if self.down:
+            raise AriUnavailable("GET", "/endpoints/PJSIP", 0, "Asterisk unreachable")
+        return list(self.endpoints)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def presence(ari: FakeAri, clock: Clock) -> Presence:
+    return Presence(cast(AriClient, ari), PHONES, max_age_s=0.5, clock=clock)
+
+
+async def test_given_phones_then_channels_mean_busy_and_unregistered_means_offline() -> None:
+    ari, clock = FakeAri(), Clock()
+    p = presence(ari, clock)
+    p.reserve("petrov", "call-1")
+    assert await p.snapshot() == (frozenset({"ivanov", "petrov"}), frozenset({"orlov"}))
+
+
+async def test_given_calls_arriving_together_then_asterisk_is_asked_once() -> None:
+    ari, clock = FakeAri(), Clock()
+    ari.release.clear()
+    p = presence(ari, clock)
+    views = [asyncio.ensure_future(p.snapshot()) for _ in range(5)]
+    await asyncio.sleep(0)
+    ari.release.set()
+    results = await asyncio.gather(*views)
+    assert ari.requests == 1
+    assert len(set(results)) == 1
+
+
+async def test_given_a_recent_answer_then_it_serves_until_it_is_too_old() -> None:
+    ari, clock = FakeAri(), Clock()
+    p = presence(ari, clock)
+    await p.snapshot()
+    clock.now += 0.4
+    p.reserve("petrov", "call-1")  # reservations count at once, cached or not
+    assert (await p.snapshot())[0] == {"ivanov", "petrov"}
+    assert ari.requests == 1
+    clock.now += 0.2
+    ari.endpoints[0] = Endpoint("PJSIP", "101", "online", ())
+    assert (await p.snapshot())[0] == {"petrov"}
+    assert ari.requests == 2
+
+
+async def test_given_a_channel_of_ours_ended_then_asterisk_is_asked_again() -> None:
+    ari, clock = FakeAri(), Clock()
+    p = presence(ari, clock)
+    await p.snapshot()
+    p.changed()
+    ari.endpoints[0] = Endpoint("PJSIP", "101", "online", ())
+    assert (await p.snapshot())[0] == frozenset()
+    assert ari.requests == 2
+
+
+async def test_given_a_channel_ended_while_asking_then_that_answer_is_not_kept() -> None:
+    ari, clock = FakeAri(), Clock()
+    ari.release.clear()
+    p = presence(ari, clock)
+    asking = asyncio.ensure_future(p.snapshot())
+    await asyncio.sleep(0)
+    p.changed()  # ivanov's call ended after Asterisk was asked: the answer may show it
+    ari.release.set()
+    assert (await asking)[0] == {"ivanov"}
+    await p.snapshot()
+    assert ari.requests == 2
+
+
+async def test_given_asterisk_down_then_reservations_only_and_asked_again_next_time() -> None:
+    ari, clock = FakeAri(), Clock()
+    ari.down = True
+    p = presence(ari, clock)
+    p.reserve("ivanov", "call-1")
+    view = await p.view()
+    assert (view.busy, view.offline) == (frozenset({"ivanov"}), frozenset())
+    assert "unreachable" in view.error
+    ari.down = False
+    assert (await p.snapshot())[1] == {"orlov"}
+    assert ari.requests == 2
+
+
+async def test_given_a_decision_cancelled_then_the_shared_request_goes_on() -> None:
+    ari, clock = FakeAri(), Clock()
+    ari.release.clear()
+    p = presence(ari, clock)
+    first = asyncio.ensure_future(p.snapshot())
+    second = asyncio.ensure_future(p.snapshot())
+    await asyncio.sleep(0)
+    first.cancel()
+    ari.release.set()
+    assert (await second)[1] == {"orlov"}
+    assert ari.requests == 1
