@@ -251,7 +251,7 @@ class Router:
                 self._local_cursors[group] = position + 1
                 cursors[group] = position % size
                 log.warning("call %s: round-robin cursor of %s from memory (%s)",
-                            call.call_id, group, exc or "database too slow")
+                            call.call_id, group, str(exc) or "database too slow")
         try:
             busy, offline = await asyncio.wait_for(self._phones.snapshot(), self._deadline * 2)
         except TimeoutError:
@@ -272,7 +272,7 @@ class Router:
             return await asyncio.wait_for(self._store.manager_of(call.caller), self._deadline)
         except (StoreUnavailable, TimeoutError) as exc:
             log.warning("call %s: caller's sticky manager not known (%s)", call.call_id,
-                        exc or "database too slow")
+                        str(exc) or "database too slow")
             return None
 
     def manager_to_remember(self, plan: Plan, answered_by: str | None) -> str | None:

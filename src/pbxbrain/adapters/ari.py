@@ -14,6 +14,7 @@ re-sync (the app is unregistered while the socket is down).
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import logging
@@ -387,6 +388,10 @@ def parse_event(obj: Mapping[str, Any]) -> AriEvent:
 # REST
 
 
+#: HTTP connections pbxbrain opens to ARI at most (requests beyond wait for one).
+MAX_CONNECTIONS: Final = 32
+
+
 class AriClient:
     """ARI's REST interface: one thin typed method per call pbxbrain makes."""
 
@@ -401,7 +406,9 @@ class AriClient:
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.app = app
-        self._auth = aiohttp.BasicAuth(user, password)
+        # The Basic auth header, built once (aiohttp's BasicAuth is deprecated).
+        token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+        self._headers = {"Authorization": f"Basic {token}"}
         self._timeout = aiohttp.ClientTimeout(total=request_timeout, connect=min(2.0,
                                                                                  request_timeout))
         self._session: aiohttp.ClientSession | None = None
@@ -410,7 +417,12 @@ class AriClient:
     def session(self) -> aiohttp.ClientSession:
         """The shared HTTP session, created on first use inside the running loop."""
         if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(auth=self._auth, timeout=self._timeout)
+            # Asterisk's HTTP server serves at most ``sessionlimit`` (100 by default)
+            # connections and drops the ones above: stay well below, the websocket
+            # included.
+            self._session = aiohttp.ClientSession(
+                headers=self._headers, timeout=self._timeout,
+                connector=aiohttp.TCPConnector(limit=MAX_CONNECTIONS))
         return self._session
 
     async def close(self) -> None:
@@ -431,21 +443,33 @@ class AriClient:
         params: Mapping[str, str | int] | None = None,
         body: Json | None = None,
     ) -> Any:
-        """One ARI call. Returns the decoded JSON (or None for 204), raises AriError."""
+        """One ARI call. Returns the decoded JSON (or None for 204), raises AriError.
+
+        A kept-alive connection that Asterisk closed just as it was reused fails with
+        ``ServerDisconnectedError`` before Asterisk read the request: that one is sent
+        again, once, on a new connection.
+        """
         query = {k: str(v) for k, v in (params or {}).items()}
-        try:
-            async with self.session.request(
-                method, self.url(path), params=query, json=body
-            ) as resp:
-                if resp.status == 204:
-                    return None
-                text = await resp.text()
-                if resp.status >= 400:
-                    raise _error(method, path, resp.status, text)
-                return json.loads(text) if text else None
-        except (aiohttp.ClientConnectionError, TimeoutError, OSError) as exc:
-            raise AriUnavailable(method, path, 0, f"Asterisk unreachable: {_describe(exc)}"
-                                 ) from exc
+        for attempt in (1, 2):
+            try:
+                async with self.session.request(
+                    method, self.url(path), params=query, json=body
+                ) as resp:
+                    if resp.status == 204:
+                        return None
+                    text = await resp.text()
+                    if resp.status >= 400:
+                        raise _error(method, path, resp.status, text)
+                    return json.loads(text) if text else None
+            except aiohttp.ServerDisconnectedError as exc:
+                if attempt == 1:
+                    continue
+                raise AriUnavailable(method, path, 0,
+                                     f"Asterisk unreachable: {_describe(exc)}") from exc
+            except (aiohttp.ClientConnectionError, TimeoutError, OSError) as exc:
+                raise AriUnavailable(method, path, 0,
+                                     f"Asterisk unreachable: {_describe(exc)}") from exc
+        raise AssertionError("unreachable")
 
     async def read_bytes(self, path: str) -> bytes:
         """GET a binary resource (a stored recording's file)."""

@@ -82,6 +82,9 @@ EVENT_TYPES: Final = frozenset({
     "RecordingFinished", "RecordingFailed",
 })
 
+#: Recordings fetched from Asterisk (and written to the store) at the same time, at most.
+RECORDING_FETCHES: Final = 4
+
 #: Channel ids pbxbrain gives the legs it originates: ``<call id>-<n>``.
 _LEG_ID = re.compile(r"[0-9a-f]{32}-[0-9]+")
 
@@ -515,14 +518,18 @@ class CallSession:
                            f"{done.recording.cause}")
             return False
         fmt = self.app.settings.recording_format
-        try:
-            data = await self.ari.stored_recording_file(name)
-        except AriError as exc:
-            log.error("call %s: recording %s not fetched from Asterisk: %s; it stays in "
-                      "Asterisk's spool", self.call.call_id, name, exc)
-            self.log_event(EventKind.ERROR, error=f"recording {name} not fetched: {exc}")
-            return False
-        saved = await self.app.recordings.save(name, fmt, data, started)
+        # A few at a time: when hundreds of calls end together, their files (half a MB a
+        # minute each) would otherwise all sit in memory at once.
+        async with self.app.recording_fetches:
+            try:
+                data = await self.ari.stored_recording_file(name)
+            except AriError as exc:
+                log.error("call %s: recording %s not fetched from Asterisk: %s; it stays "
+                          "in Asterisk's spool", self.call.call_id, name, exc)
+                self.log_event(EventKind.ERROR, error=f"recording {name} not fetched: {exc}")
+                return False
+            saved = await self.app.recordings.save(name, fmt, data, started)
+            del data
         self.journal.recording(RecordingInfo(
             recording_id=name, call_id=self.call.call_id, name=name,
             path=saved.relative_path, format=fmt, started_at=started,
@@ -616,6 +623,7 @@ class StasisApp:
         self.router = router
         self.phones = phones
         self.recordings = recordings
+        self.recording_fetches = asyncio.Semaphore(RECORDING_FETCHES)
         self.settings = settings
         self.clock = clock
         self._routes: dict[str, CallSession] = {}  # channel/bridge/playback id -> session
