@@ -27,6 +27,7 @@ import json
 import os
 import platform
 import random
+import re
 import signal
 import statistics
 import subprocess
@@ -350,7 +351,8 @@ def bench_hold(box: Sandbox, target: int, rate: float, app_pid: int) -> dict[str
             "-i", "127.0.0.2", "-s", "74951110000", "-key", "caller", "+79160000000",
             "-key", "talk_ms", str(int(talk_s * 1000)), "-r", f"{rate:g}",
             "-m", str(target), "-l", str(target), "-nostdin", "-timeout",
-            f"{talk_s * 2 + 60:g}s", "-trace_stat", "-fd", "1", "-stf", "stat.csv"]
+            f"{talk_s * 2 + 60:g}s", "-trace_stat", "-fd", "1", "-stf", "stat.csv",
+            "-trace_err", "-error_file", "errors.log"]
     proc = subprocess.Popen(
         ["chroot", str(box.root), "sh", "-c", 'cd "$0" && exec "$@"', inside, *sipp],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -361,12 +363,27 @@ def bench_hold(box: Sandbox, target: int, rate: float, app_pid: int) -> dict[str
         rss = max(rss, _rss_mb(app_pid))
         time.sleep(1)
     stats = _last_stat_row(workdir / "stat.csv")
+    errors = _error_kinds(workdir / "errors.log")
     subprocess.run(["rm", "-rf", str(workdir)], check=False)
     settle(box, 120)
     return {"target": target, "rate": rate, "talk_s": round(talk_s, 1),
             "completed": int(stats.get("SuccessfulCall(C)", 0)),
-            "failed": int(stats.get("FailedCall(C)", 0)),
+            "failed": int(stats.get("FailedCall(C)", 0)), "errors": errors,
             "held_max": held, "pbxbrain_rss_mb_max": round(rss, 1)}
+
+
+def _error_kinds(path: Path) -> dict[str, int]:
+    """SIPp's error lines, counted by what went wrong (call ids and times removed)."""
+    kinds: dict[str, int] = {}
+    if path.exists():
+        for line in path.read_text(errors="replace").splitlines():
+            # Error lines start with a date and a tab; the rest are SIP messages quoted.
+            if not re.match(r"\d{4}-\d\d-\d\d\t", line):
+                continue
+            text = line.split(": ", 1)[-1]
+            kind = re.sub(r"[0-9a-f]{8,}[-0-9a-f@.]*|\d+", "N", text)[:120].strip()
+            kinds[kind] = kinds.get(kind, 0) + 1
+    return dict(sorted(kinds.items(), key=lambda kv: -kv[1])[:8])
 
 
 def _calls_up(box: Sandbox) -> int:
@@ -382,7 +399,11 @@ def _calls_up(box: Sandbox) -> int:
 
 
 def _rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:  # the process is gone
+        return 0.0
+    for line in status.splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return 0.0
@@ -533,14 +554,22 @@ def main() -> int:
                 step(column, rate)
         for column in columns:
             refine_limit(column, report, step, args.refine, args.max_rate)
+        # A phase that breaks is reported as such; it does not throw the run away.
         if args.api_requests > 0:
             print("click-to-call API ...", end=" ", flush=True)
-            report.click_to_call_api = bench_click_to_call(
-                box, args.managers, args.api_requests, args.api_concurrency)
+            try:
+                report.click_to_call_api = bench_click_to_call(
+                    box, args.managers, args.api_requests, args.api_concurrency)
+            except (OSError, aiohttp.ClientError, TimeoutError,
+                    subprocess.SubprocessError) as exc:
+                report.click_to_call_api = {"error": repr(exc)}
             print(report.click_to_call_api, flush=True)
         if args.hold > 0:
             print(f"holding {args.hold} calls ...", end=" ", flush=True)
-            report.hold = bench_hold(box, args.hold, args.hold_rate, app.pid)
+            try:
+                report.hold = bench_hold(box, args.hold, args.hold_rate, app.pid)
+            except (OSError, subprocess.SubprocessError) as exc:
+                report.hold = {"error": repr(exc)}
             print(report.hold, flush=True)
     finally:
         for proc in (app, minimal):
@@ -640,10 +669,10 @@ def summarize(report: Report) -> dict[str, Any]:
         out["pbxbrain_peak_rss_mb"] = round(max(rss), 1)
     out["routing_core_decisions_per_second"] = report.routing_core.get("decisions_per_second")
     api = report.click_to_call_api
-    if api:
+    if "accepted_per_second" in api:
         out["click_to_call_accepted_per_second"] = api["accepted_per_second"]
         out["click_to_call_latency_ms_p99"] = api["latency_ms_p99"]
-    if report.hold:
+    if "held_max" in report.hold:
         out["calls_held_at_once"] = report.hold["held_max"]
         out["pbxbrain_rss_mb_holding_them"] = report.hold["pbxbrain_rss_mb_max"]
     return out

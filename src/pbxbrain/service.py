@@ -260,20 +260,25 @@ class Router:
         found = await lookup  # bounded by its own deadline; never raises
         owner = found.owner if found.owner in self.config.staff else None
         # The CRM's owner is the caller's manager; else the one the sticky strategy gave him.
-        sticky = owner or (await remembered if remembered is not None else None)
+        sticky, sticky_known = owner, True
+        if sticky is None and remembered is not None:
+            sticky_known, sticky = await remembered
         facts = Facts(owner=owner, crm_ok=found.answered, busy=busy, offline=offline,
-                      cursors=cursors, sticky=sticky)
+                      cursors=cursors, sticky=sticky, sticky_known=sticky_known)
         return decide(call, facts, self.config, now), found.contact
 
-    async def _remembered_manager(self, call: InboundCall) -> str | None:
+    async def _remembered_manager(self, call: InboundCall) -> tuple[bool, str | None]:
+        """(known, the caller's sticky manager); not known when the database did not
+        answer in time."""
         if not call.caller.startswith("+"):
-            return None
+            return True, None
         try:
-            return await asyncio.wait_for(self._store.manager_of(call.caller), self._deadline)
+            return True, await asyncio.wait_for(self._store.manager_of(call.caller),
+                                                self._deadline)
         except (StoreUnavailable, TimeoutError) as exc:
-            log.warning("call %s: caller's sticky manager not known (%s)", call.call_id,
-                        str(exc) or "database too slow")
-            return None
+            log.warning("call %s: caller's sticky manager not known (%s); nobody new is "
+                        "assigned", call.call_id, str(exc) or "database too slow")
+            return False, None
 
     def manager_to_remember(self, plan: Plan, answered_by: str | None) -> str | None:
         """Who becomes the caller's sticky manager after a call routed by ``plan``.

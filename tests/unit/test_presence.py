@@ -20,6 +20,7 @@ class FakeAri:
                           Endpoint("PJSIP", "102", "online", ()),
                           Endpoint("PJSIP", "105", "offline", ())]
         self.requests = 0
+        self.asked: asyncio.Queue[int] = asyncio.Queue()  # one item per request
         self.release = asyncio.Event()
         self.release.set()
         self.down = False
@@ -27,10 +28,12 @@ class FakeAri:
     async def endpoints_of(self, technology: str) -> list[Endpoint]:
         assert technology == "PJSIP"
         self.requests += 1
+        answer = list(self.endpoints)  # the states when Asterisk was asked
+        self.asked.put_nowait(self.requests)
         await self.release.wait()
         if self.down:
             raise AriUnavailable("GET", "/endpoints/PJSIP", 0, "Asterisk unreachable")
-        return list(self.endpoints)
+        return answer
 
 
 class Clock:
@@ -88,16 +91,21 @@ async def test_given_a_channel_of_ours_ended_then_asterisk_is_asked_again() -> N
     assert ari.requests == 2
 
 
-async def test_given_a_channel_ended_while_asking_then_that_answer_is_not_kept() -> None:
+async def test_given_a_channel_ended_while_asking_then_that_answer_serves_nobody_new(
+) -> None:
     ari, clock = FakeAri(), Clock()
     ari.release.clear()
     p = presence(ari, clock)
     asking = asyncio.ensure_future(p.snapshot())
-    await asyncio.sleep(0)
+    await asyncio.wait_for(ari.asked.get(), 1)  # Asterisk has been asked
     p.changed()  # ivanov's call ended after Asterisk was asked: the answer may show it
+    ari.endpoints[0] = Endpoint("PJSIP", "101", "online", ())
+    later = asyncio.ensure_future(p.snapshot())  # a call arriving now asks afresh
+    await asyncio.wait_for(ari.asked.get(), 1)
     ari.release.set()
     assert (await asking)[0] == {"ivanov"}
-    await p.snapshot()
+    assert (await later)[0] == frozenset()
+    await p.snapshot()  # the fresh answer is kept, the old one was not
     assert ari.requests == 2
 
 

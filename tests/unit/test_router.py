@@ -140,9 +140,16 @@ async def test_given_no_sticky_department_on_the_route_then_the_memory_is_not_re
     assert router.manager_to_remember(plan, "sidorov") is None
 
 
-async def test_given_the_database_down_then_the_call_is_still_routed(config: Config) -> None:
+async def test_given_the_database_down_then_the_call_is_routed_and_nobody_reassigned(
+    config: Config,
+) -> None:
     store = MemoryStore(managers={CALLER: "petrov"}, down=True)
-    plan, _ = await Router(config, store, Phones(), Lookup()).plan(call("74951000001"), AT)
+    router = Router(config, store, Phones(), Lookup())
+    plan, _ = await router.plan(call("74951000001"), AT)
     assert store.asked == [CALLER]
-    assert plan.steps  # round robin from memory, no sticky manager known
-    assert plan.assign_sticky is not None
+    assert plan.steps  # round robin from memory, his manager not known
+    # Assigning the pick now would replace petrov for good once the database is back.
+    assert plan.assign_sticky is None
+    assert router.manager_to_remember(plan, "ivanov") is None
+    assert "this caller's manager in accounts is not known now: nobody new is assigned" \
+        in plan.notes

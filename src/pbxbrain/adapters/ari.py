@@ -409,8 +409,10 @@ class AriClient:
         # The Basic auth header, built once (aiohttp's BasicAuth is deprecated).
         token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
         self._headers = {"Authorization": f"Basic {token}"}
-        self._timeout = aiohttp.ClientTimeout(total=request_timeout, connect=min(2.0,
-                                                                                 request_timeout))
+        # sock_connect, not connect: aiohttp's ``connect`` also counts the wait for a free
+        # pooled connection, which under a burst is queueing, not Asterisk being away.
+        self._timeout = aiohttp.ClientTimeout(total=request_timeout,
+                                              sock_connect=min(2.0, request_timeout))
         self._session: aiohttp.ClientSession | None = None
 
     @property
@@ -445,31 +447,24 @@ class AriClient:
     ) -> Any:
         """One ARI call. Returns the decoded JSON (or None for 204), raises AriError.
 
-        A kept-alive connection that Asterisk closed just as it was reused fails with
-        ``ServerDisconnectedError`` before Asterisk read the request: that one is sent
-        again, once, on a new connection.
+        A GET, PUT or DELETE whose kept-alive connection Asterisk dropped is sent again
+        once by aiohttp itself (they are idempotent); a POST is not, as Asterisk may have
+        acted on it (an originate, a recording) before the connection dropped.
         """
         query = {k: str(v) for k, v in (params or {}).items()}
-        for attempt in (1, 2):
-            try:
-                async with self.session.request(
-                    method, self.url(path), params=query, json=body
-                ) as resp:
-                    if resp.status == 204:
-                        return None
-                    text = await resp.text()
-                    if resp.status >= 400:
-                        raise _error(method, path, resp.status, text)
-                    return json.loads(text) if text else None
-            except aiohttp.ServerDisconnectedError as exc:
-                if attempt == 1:
-                    continue
-                raise AriUnavailable(method, path, 0,
-                                     f"Asterisk unreachable: {_describe(exc)}") from exc
-            except (aiohttp.ClientConnectionError, TimeoutError, OSError) as exc:
-                raise AriUnavailable(method, path, 0,
-                                     f"Asterisk unreachable: {_describe(exc)}") from exc
-        raise AssertionError("unreachable")
+        try:
+            async with self.session.request(
+                method, self.url(path), params=query, json=body
+            ) as resp:
+                if resp.status == 204:
+                    return None
+                text = await resp.text()
+                if resp.status >= 400:
+                    raise _error(method, path, resp.status, text)
+                return json.loads(text) if text else None
+        except (aiohttp.ClientConnectionError, TimeoutError, OSError) as exc:
+            raise AriUnavailable(method, path, 0, f"Asterisk unreachable: {_describe(exc)}"
+                                 ) from exc
 
     async def read_bytes(self, path: str) -> bytes:
         """GET a binary resource (a stored recording's file)."""

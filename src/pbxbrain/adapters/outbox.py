@@ -338,16 +338,25 @@ class OutboxWorker:
                 delivered = await self._deliver(row)
                 if delivered is not None:
                     done.append((row.id, delivered[0]))
-        finally:
-            # One transaction marks the round's deliveries; were it lost, the rows would
-            # go again when their lease ends, and the CRM dedupes them on their keys.
-            if done:
-                await self._store.delivered([row_id for row_id, _ in done], self._clock())
-                self.delivered_count += len(done)
-                for _, phone in done:
-                    if phone and self._on_contact_changed is not None:
-                        self._on_contact_changed(phone)
+        except BaseException:
+            # Stopped (or the database failed) mid-round: mark what went through if the
+            # database answers at once, and let the stop or the error go on. Rows not
+            # marked go again when their lease ends; the CRM dedupes them on their keys.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._mark_delivered(done), 2.0)
+            raise
+        await self._mark_delivered(done)
         return len(rows)
+
+    async def _mark_delivered(self, done: list[tuple[int, str | None]]) -> None:
+        """One transaction marks a round's deliveries; then the contacts' caches go."""
+        if not done:
+            return
+        await self._store.delivered([row_id for row_id, _ in done], self._clock())
+        self.delivered_count += len(done)
+        for _, phone in done:
+            if phone and self._on_contact_changed is not None:
+                self._on_contact_changed(phone)
 
     async def refresh_status(self) -> None:
         """Re-read how many rows are failing (``run`` does it after every batch)."""

@@ -79,8 +79,10 @@ class Presence:
         return view.busy, view.offline
 
     def changed(self) -> None:
-        """A channel of pbxbrain's ended: the next decision asks Asterisk again."""
+        """A channel of pbxbrain's ended: the next decision asks Asterisk again (even when
+        a request is under way: it may have been answered before the channel ended)."""
         self._asterisk = None
+        self._asking = None
         self._generation += 1
 
     async def view(self) -> PresenceView:
@@ -100,7 +102,8 @@ class Presence:
         return await asyncio.shield(self._asking)
 
     def _asked(self, done: asyncio.Future[PresenceView], generation: int) -> None:
-        self._asking = None
+        if self._asking is done:
+            self._asking = None
         if (generation == self._generation and not done.cancelled()
                 and done.exception() is None and not done.result().error):
             self._asterisk = (self._clock(), done.result())

@@ -120,7 +120,9 @@ class Facts:
     * ``busy``: managers on a call or being rung right now; ``offline``: managers whose
       phone is unregistered or unreachable.
     * ``cursors``: the round-robin position of each department (from the database).
-    * ``sticky``: the manager this caller was assigned before (sticky strategy).
+    * ``sticky``: the manager this caller was assigned before (sticky strategy);
+      ``sticky_known`` is False when that could not be read in time: the call is routed
+      without him, and nobody new is assigned (that would replace him for good).
     """
 
     owner: str | None = None
@@ -129,3 +131,4 @@ class Facts:
     offline: frozenset[str] = frozenset()
     cursors: Mapping[str, int] = field(default_factory=dict)
     sticky: str | None = None
+    sticky_known: bool = True

@@ -24,7 +24,8 @@ randomness. The rules, applied in this order (the first that decides wins):
    * department: by strategy. round_robin: free members from the cursor on, one by one;
      ring_all: free members at once; sequential: free members in listed order; sticky:
      the caller's manager first (when free), then round robin of the rest, and when the
-     caller has no manager yet, the first pick becomes his (``assign_sticky``); fixed:
+     caller has no manager yet, the first pick becomes his (``assign_sticky``; not when
+     his manager could not be read, ``sticky_known``); fixed:
      the first free member in listed order, alone.
    * manager: that manager. ring_all: those managers at once. region: the department of
      the caller's region (the longest matching prefix; else the region listing the
@@ -584,9 +585,13 @@ class _Walk:
             if first is not None:
                 self.pick = self.pick or first
                 if strategy == "sticky" and sticky is None and self.assign_sticky is None:
-                    self.assign_sticky = first
-                    self.notes.append(f"{first} becomes this caller's manager in "
-                                      f"{department_id}")
+                    if self.facts.sticky_known:
+                        self.assign_sticky = first
+                        self.notes.append(f"{first} becomes this caller's manager in "
+                                          f"{department_id}")
+                    else:
+                        self.notes.append(f"this caller's manager in {department_id} is "
+                                          f"not known now: nobody new is assigned")
         mode = RingMode.ALL if strategy == "ring_all" else RingMode.SEQUENTIAL
         free_ids = (ids - {skip.staff_id for skip in reasons}
                     if ids is not None and strategy != "fixed" else None)
