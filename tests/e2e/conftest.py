@@ -148,7 +148,9 @@ class JournalReader:
 def assert_recorded(daemon: Daemon, journal: JournalReader, call_id: str, low_s: float,
                     high_s: float) -> None:
     """The call has one recording, on disk as the database says, of real audio lasting
-    between ``low_s`` and ``high_s`` seconds (the talk time, give or take signalling)."""
+    between ``low_s`` and ``high_s`` seconds (the talk time, give or take signalling: the
+    caller's talk starts when he is answered, the recording once both are bridged, which
+    on a loaded machine can be most of a second later)."""
     (rec,) = journal.recordings(call_id)
     path = daemon.recordings / rec.path
     assert path.is_file(), rec

@@ -123,14 +123,22 @@ def test_given_ring_all_and_two_managers_answering_almost_together_then_exactly_
     # Both phones ring together and answer 200 ms later, a few ms apart. The loser's
     # answer crosses Asterisk's CANCEL, or is hung up at once, or (when the winner was
     # quicker than that) is cancelled before it was sent: the scenario plays each way.
-    ivanov = live_asterisk.phone("101", "phone_answers_race.xml")
-    petrov = live_asterisk.phone("102", "phone_answers_race.xml")
-    caller = live_asterisk.call_from_pstn(RING_ALL, "+79161000008", "caller_waits.xml",
-                                          talk_ms=1000)
-    finish(ivanov, petrov)
+    # What the phones' SIP dialogs end like is Asterisk's and SIPp's business (in one
+    # CI run in 30 Asterisk ignored a loser's 200 it had no transaction for any more);
+    # what is asserted is pbxbrain's: one winner, one bridge, the loser let go, nothing
+    # left in Asterisk.
+    ivanov = live_asterisk.phone("101", "phone_answers_race.xml", calls=None)
+    petrov = live_asterisk.phone("102", "phone_answers_race.xml", calls=None)
+    try:
+        caller = live_asterisk.call_from_pstn(RING_ALL, "+79161000008", "caller_waits.xml",
+                                              talk_ms=1500)
+        call = journal.wait_closed_call("+79161000008")
+        live_asterisk.wait_idle(timeout_s=5)  # the phones answered Asterisk's BYEs
+    finally:
+        ivanov.stop()
+        petrov.stop()
     assert caller.ok, caller.output
 
-    call = journal.wait_closed_call("+79161000008")
     assert call.outcome is CallOutcome.ANSWERED
     assert call.answered_by in {"ivanov", "petrov"}
     loser = ({"ivanov", "petrov"} - {call.answered_by}).pop()
@@ -138,7 +146,7 @@ def test_given_ring_all_and_two_managers_answering_almost_together_then_exactly_
     ended = {e["staff"]: e["reason"] for e in events(journal, call.call_id,
                                                       EventKind.LEG_ENDED)}
     assert ended == {loser: "answered elsewhere"}
-    assert_recorded(daemon, journal, call.call_id, 0.5, 2.5)  # talked for 1 s
+    assert_recorded(daemon, journal, call.call_id, 0.5, 3.0)  # talked for 1.5 s
     live_asterisk.wait_idle(timeout_s=5)
 
 

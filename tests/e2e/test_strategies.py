@@ -66,7 +66,7 @@ def test_given_a_caller_from_the_spb_region_then_the_fixed_department_rings_one_
     assert rang(journal, call.call_id) == ["sidorov"]  # kuznetsov was free, and not rung
     assert f"caller {number} in region spb ({matched}) → department spb" in notes(
         journal, call.call_id)
-    assert_recorded(strategies, journal, call.call_id, 0.8, 3.0)  # talked for 1.5 s
+    assert_recorded(strategies, journal, call.call_id, 0.5, 3.0)  # talked for 1.5 s
 
 
 def test_given_a_caller_in_no_region_then_the_default_department_rings_in_listed_order(
@@ -86,7 +86,7 @@ def test_given_a_caller_in_no_region_then_the_default_department_rings_in_listed
     ended = {e["staff"]: e["reason"] for e in events(journal, call.call_id,
                                                       EventKind.LEG_ENDED)}
     assert ended == {"ivanov": "no answer in time"}
-    assert_recorded(strategies, journal, call.call_id, 0.8, 3.0)
+    assert_recorded(strategies, journal, call.call_id, 0.5, 3.0)
     assert "caller +79162000001 in no region → default moscow" in notes(journal,
                                                                           call.call_id)
 
@@ -129,7 +129,7 @@ def test_given_sticky_then_the_manager_who_talked_to_a_new_caller_keeps_him(
     assert rang(journal, again) == ["volkova"]
     assert "volkova is this caller's manager in accounts" in notes(journal, again)
     assert journal.manager_of(client) == "volkova"
-    assert_recorded(strategies, journal, again, 0.8, 3.0)
+    assert_recorded(strategies, journal, again, 0.5, 3.0)
 
 
 def test_given_busy_prompt_and_the_manager_on_a_call_then_the_caller_hears_it_and_goes_on(
@@ -138,15 +138,16 @@ def test_given_busy_prompt_and_the_manager_on_a_call_then_the_caller_hears_it_an
     # ivanov is talking to someone else ...
     ivanov = live_asterisk.phone("101")
     talking = live_asterisk.call_in_background(IVANOV_DIRECT, "+79164000001",
-                                               "caller_waits.xml", talk_ms=8000)
+                                               "caller_waits.xml", talk_ms=12000)
     wait_for("ivanov to be talking",
              lambda: any(c.answered_at for c in journal.calls("+79164000001")), 10)
 
     # ... when a client calls the line that rings ivanov, then petrov.
     petrov = live_asterisk.phone("102")
-    # The prompt answers the caller: his talk time runs from then (the prompt is 2.4 s).
+    # The prompt answers the caller: his talk time runs from then (the prompt is 2.4 s,
+    # then petrov rings), so it is long enough for a loaded machine.
     caller = live_asterisk.call_from_pstn(BUSY_PROMPT, "+79164000002", "caller_waits.xml",
-                                          talk_ms=4000)
+                                          talk_ms=7000)
     finish(petrov)
     assert caller.ok, caller.output
     call = journal.wait_closed_call("+79164000002")
@@ -157,8 +158,8 @@ def test_given_busy_prompt_and_the_manager_on_a_call_then_the_caller_hears_it_an
     assert routed["skipped"] == {"ivanov": "busy"}
     assert [e["prompt"] for e in events(journal, call.call_id, EventKind.PLAYED)] == [
         "pls-hold-while-try"]
-    # Recorded from the bridge: the caller's 4 s less the 2.4 s prompt and the ringing.
-    assert_recorded(strategies, journal, call.call_id, 0.5, 2.5)
+    # Recorded from the bridge: the caller's 7 s less the 2.4 s prompt and the ringing.
+    assert_recorded(strategies, journal, call.call_id, 1.5, 5.0)
 
     first = talking.wait()
     assert first.ok, first.output

@@ -82,6 +82,9 @@ EVENT_TYPES: Final = frozenset({
     "RecordingFinished", "RecordingFailed",
 })
 
+#: Seconds a prompt may take to start playing before the call goes on without it.
+PROMPT_START_S: Final = 3.0
+
 #: Recordings fetched from Asterisk (and written to the store) at the same time, at most.
 RECORDING_FETCHES: Final = 4
 
@@ -545,15 +548,29 @@ class CallSession:
         self.app.route(playback_id, self)
         await self.ari.play(f"channels/{self.call.channel_id}", f"sound:{prompt}",
                             playback_id=playback_id)
-        deadline = asyncio.get_running_loop().time() + self.app.settings.prompt_max_s
+        loop = asyncio.get_running_loop()
+        # A playback Asterisk has not started within a few seconds is not going to be
+        # heard (seen on a loaded machine: "Playback failed" only at hang-up): the caller
+        # must not wait for it in silence, the route goes on.
+        start_by = loop.time() + min(PROMPT_START_S, self.app.settings.prompt_max_s)
+        deadline = loop.time() + self.app.settings.prompt_max_s
+        started = False
         while True:
-            event = await self.next_event(deadline)
+            event = await self.next_event(deadline if started else start_by)
             self._check_caller()
             if event is None:
                 break
-            if isinstance(event, PlaybackEvent) and event.playback.id == playback_id and (
-                    event.type == "PlaybackFinished"):
-                break
+            if isinstance(event, PlaybackEvent) and event.playback.id == playback_id:
+                started = True
+                if event.type == "PlaybackFinished":
+                    break
+        if not started:
+            with contextlib.suppress(AriError):
+                await self.ari.stop_playback(playback_id)
+            log.warning("call %s: prompt %s did not start within %g s; going on without it",
+                        self.call.call_id, prompt, PROMPT_START_S)
+            self.log_event(EventKind.ERROR, error=f"prompt {prompt} did not start")
+            return
         self.log_event(EventKind.PLAYED, prompt=prompt)
 
     async def _voicemail(self, box: str) -> bool:
