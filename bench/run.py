@@ -103,8 +103,18 @@ def cpu_seconds(pid: int) -> float:
 
 
 def peak_rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+    """The process's highest RSS so far."""
+    return _status_mb(pid, "VmHWM")
+
+
+def _status_mb(pid: int, field: str) -> float:
+    """A memory figure of /proc/PID/status in MB; 0 when the process is gone."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0.0
+    for line in status.splitlines():
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) / 1024
     return 0.0
 
@@ -360,7 +370,7 @@ def bench_hold(box: Sandbox, target: int, rate: float, app_pid: int) -> dict[str
     rss = 0.0
     while proc.poll() is None:
         held = max(held, _calls_up(box))
-        rss = max(rss, _rss_mb(app_pid))
+        rss = max(rss, _status_mb(app_pid, "VmRSS"))
         time.sleep(1)
     stats = _last_stat_row(workdir / "stat.csv")
     errors = _error_kinds(workdir / "errors.log")
@@ -396,17 +406,6 @@ def _calls_up(box: Sandbox) -> int:
         if line.strip().endswith("active calls"):
             return int(line.split()[0])
     return 0
-
-
-def _rss_mb(pid: int) -> float:
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:  # the process is gone
-        return 0.0
-    for line in status.splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 # -- the pure core -------------------------------------------------------------------

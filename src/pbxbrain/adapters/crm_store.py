@@ -188,21 +188,15 @@ class SqlOutbox(SqlAccess):
 
     async def delivery_failed(self, delivery_id: int, error: str, retry_at: datetime) -> None:
         """Count a failed attempt, keep its error, schedule the next one, release the lease."""
-        async with self._tx(write=True) as conn:
-            await conn.execute(
-                update(Outbox)
-                .where(Outbox.id == delivery_id, Outbox.delivered_at.is_(None))
-                .values(
-                    attempts=Outbox.attempts + 1,
-                    last_error=error[:_MAX_ERROR_CHARS],
-                    next_attempt_at=retry_at,
-                    claimed_by=None,
-                    claimed_until=None,
-                )
-            )
+        await self._attempt_failed(delivery_id, error, next_attempt_at=retry_at)
 
     async def delivery_rejected(self, delivery_id: int, error: str, at: datetime) -> None:
         """Count a failed attempt and mark the row failed for good at ``at`` (no retry)."""
+        await self._attempt_failed(delivery_id, error, failed_at=at)
+
+    async def _attempt_failed(self, delivery_id: int, error: str, **then: datetime) -> None:
+        """Count a failed attempt of an undelivered row, keep its error, release its
+        lease, and set ``then`` (when to retry, or that it failed for good)."""
         async with self._tx(write=True) as conn:
             await conn.execute(
                 update(Outbox)
@@ -210,9 +204,9 @@ class SqlOutbox(SqlAccess):
                 .values(
                     attempts=Outbox.attempts + 1,
                     last_error=error[:_MAX_ERROR_CHARS],
-                    failed_at=at,
                     claimed_by=None,
                     claimed_until=None,
+                    **then,
                 )
             )
 

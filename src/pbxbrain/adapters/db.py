@@ -818,19 +818,7 @@ class SqlCallStore(SqlAccess):
                 .mappings()
                 .all()
             )
-        return [
-            RecordingInfo(
-                recording_id=r["id"],
-                call_id=r["call_id"],
-                name=r["name"],
-                path=r["path"],
-                format=r["format"],
-                started_at=r["started_at"],
-                duration_s=r["duration_s"],
-                size_bytes=r["size_bytes"],
-            )
-            for r in rows
-        ]
+        return [_recording(r) for r in rows]
 
     async def get_recording(self, recording_id: str) -> RecordingInfo | None:
         """One recording's metadata, or None (the ``RecordingIndex`` port of the API)."""
@@ -840,18 +828,7 @@ class SqlCallStore(SqlAccess):
                 .mappings()
                 .first()
             )
-        if r is None:
-            return None
-        return RecordingInfo(
-            recording_id=r["id"],
-            call_id=r["call_id"],
-            name=r["name"],
-            path=r["path"],
-            format=r["format"],
-            started_at=r["started_at"],
-            duration_s=r["duration_s"],
-            size_bytes=r["size_bytes"],
-        )
+        return None if r is None else _recording(r)
 
     # ----------------------------------------------------------------- round robin
 
@@ -896,6 +873,19 @@ class SqlCallStore(SqlAccess):
                 .on_conflict_do_update(index_elements=[CallerManager.phone], set_=values))
         async with self._tx(write=True) as conn:
             await conn.execute(stmt)
+
+
+def _recording(row: RowMapping) -> RecordingInfo:
+    return RecordingInfo(
+        recording_id=row["id"],
+        call_id=row["call_id"],
+        name=row["name"],
+        path=row["path"],
+        format=row["format"],
+        started_at=row["started_at"],
+        duration_s=row["duration_s"],
+        size_bytes=row["size_bytes"],
+    )
 
 
 def _summary(row: RowMapping) -> CallSummary:
