@@ -79,7 +79,10 @@ class Daemon:
                 default_region=config.numbers.default_region or "ZZ",
                 fallback_context=ast.fallback_context,
                 recording_format=config.recordings.format,
+                recording_method=config.recordings.method,
+                asterisk_recording_dir=str(config.recordings.asterisk_dir),
             ),
+            recorder=self.ami,
         )
         self.events = AriEventStream(self.ari, self.stasis.on_event, self.stasis.on_link,
                                      event_types=EVENT_TYPES)

@@ -879,14 +879,25 @@ class ClickToCallConfig(_Model):
 
 
 RecordingFormat = Literal["wav", "wav49", "gsm", "ulaw", "alaw", "sln", "g722"]
+RecordingMethod = Literal["mixmonitor", "bridge"]
 
 
 class RecordingsConfig(_Model):
-    """Where call recordings go and how long they are kept (``keep_days: 0`` is forever)."""
+    """Where call recordings go and how long they are kept (``keep_days: 0`` is forever).
+
+    ``method``: how Asterisk records a conversation. ``mixmonitor`` (through AMI, on the
+    client's channel) costs Asterisk about half the CPU of ``bridge`` (ARI's bridge
+    recording turns the two-party bridge into a mixing conference); while AMI is down,
+    calls are recorded the ``bridge`` way. ``asterisk_dir`` is Asterisk's own recording
+    spool (``astspooldir``/recording), where MixMonitor writes and ARI serves the files.
+    """
 
     dir: Annotated[Path, AfterValidator(_check_absolute)] = Path("/var/lib/pbxbrain/recordings")
     keep_days: Annotated[int, Field(ge=0)] = 1095
     format: RecordingFormat = "wav"
+    method: RecordingMethod = "mixmonitor"
+    asterisk_dir: Annotated[Path, AfterValidator(_check_absolute)] = Path(
+        "/var/spool/asterisk/recording")
 
 
 class Config(_Model):

@@ -137,6 +137,22 @@ class PhoneStates(Protocol):
         """One of pbxbrain's channels ended: phone states are to be read afresh."""
 
 
+class ChannelRecorder(Protocol):
+    """Asterisk's MixMonitor (through AMI): records a channel both ways into a file.
+
+    Errors are raised as ``pbxbrain.adapters.ami.AmiError``."""
+
+    @property
+    def ready(self) -> bool:
+        """Connected now; when not, calls are recorded another way."""
+
+    async def mix_monitor(self, channel: str, path: str) -> None:
+        """Start recording ``channel`` (name or id) into ``path`` on Asterisk's side."""
+
+    async def stop_mix_monitor(self, channel: str) -> None:
+        """Stop recording ``channel``; the file is complete when this returns."""
+
+
 class CrmUnavailable(Exception):
     """The CRM did not answer, answered an error, or answered nonsense; retry later."""
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping
 from pathlib import Path
 from typing import TypeVar
 
@@ -12,7 +12,14 @@ import pytest
 
 from pbxbrain.adapters.crm_builtin import BuiltinCrm
 from pbxbrain.adapters.db import SqlCallStore, create_engine
-from pbxbrain.domain.model import CallSummary, Contact, JournalEntry, RecordingInfo, Task
+from pbxbrain.domain.model import (
+    CallSummary,
+    Contact,
+    EventKind,
+    JournalEntry,
+    RecordingInfo,
+    Task,
+)
 from tests.support.asterisk import REPO, Sandbox, asterisk_ready, sandbox, wait_for
 from tests.support.daemon import Daemon, free_port
 
@@ -44,9 +51,12 @@ def live_asterisk(asterisk: Sandbox) -> Iterator[Sandbox]:
 
 
 @contextlib.contextmanager
-def running_daemon(tmp_path: Path, config: str) -> Iterator[Daemon]:
+def running_daemon(tmp_path: Path, config: str, *, env: Mapping[str, str] | None = None,
+                   ready: Collection[str] | None = None) -> Iterator[Daemon]:
     """pbxbrain running ``tests/e2e/<config>``, with its own SQLite database, recordings
-    directory and HTTP port; stopped with SIGTERM afterwards (it must exit 0)."""
+    directory and HTTP port; stopped with SIGTERM afterwards (it must exit 0).
+
+    ``env`` overrides the environment; ``ready``: the health checks to wait for (all)."""
     port = free_port()
     db_url = f"sqlite+aiosqlite:///{tmp_path / 'pbxbrain.db'}"
     d = Daemon(
@@ -61,11 +71,12 @@ def running_daemon(tmp_path: Path, config: str) -> Iterator[Daemon]:
             "PBXBRAIN_RECORDINGS_DIR": str(tmp_path / "recordings"),
             "PBXBRAIN_ARI_PASSWORD": "pbxbrain-ari-secret",
             "PBXBRAIN_AMI_SECRET": "pbxbrain-ami-secret",
+            **(env or {}),
         },
     )
     d.start()
     try:
-        d.wait_ready()
+        d.wait_ready(only=ready)
         yield d
     finally:
         code = d.stop()
@@ -146,12 +157,16 @@ class JournalReader:
 
 
 def assert_recorded(daemon: Daemon, journal: JournalReader, call_id: str, low_s: float,
-                    high_s: float) -> None:
-    """The call has one recording, on disk as the database says, of real audio lasting
+                    high_s: float, *, via: str = "mixmonitor") -> None:
+    """The call has one recording, made ``via`` MixMonitor or the ARI bridge recording, on
+    disk as the database says, of real audio lasting
     between ``low_s`` and ``high_s`` seconds (the talk time, give or take signalling: the
     caller's talk starts when he is answered, the recording once both are bridged, which
     on a loaded machine can be most of a second later)."""
     (rec,) = journal.recordings(call_id)
+    (started,) = [e.data for e in journal.journal(call_id)
+                  if e.kind is EventKind.RECORDING_STARTED]
+    assert started["via"] == via, started
     path = daemon.recordings / rec.path
     assert path.is_file(), rec
     assert rec.size_bytes == path.stat().st_size, rec

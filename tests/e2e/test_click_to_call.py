@@ -75,6 +75,9 @@ def test_given_both_answer_then_bridged_recorded_and_the_recording_streams_with_
     (rec,) = call["recordings"]
     assert rec["duration_s"] is not None
     assert 1.0 <= rec["duration_s"] <= 4.0
+    # MixMonitor on the manager's channel, stopped before pbxbrain hung it up
+    assert [e["data"]["via"] for e in call["timeline"]
+            if e["kind"] == "recording_started"] == ["mixmonitor"]
 
     status, headers, audio = api(daemon, "GET", rec["links"]["audio"])
     assert status == 200

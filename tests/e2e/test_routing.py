@@ -7,11 +7,12 @@ Phones: 101 ivanov, 102 petrov, 103 sidorov (department sales, round-robin, 3 s 
 from __future__ import annotations
 
 from itertools import pairwise
+from pathlib import Path
 
 import pytest
 
 from pbxbrain.domain.model import CallOutcome, CallSummary, Direction, EventKind
-from tests.e2e.conftest import JournalReader, assert_recorded
+from tests.e2e.conftest import JournalReader, assert_recorded, running_daemon
 from tests.support.asterisk import Phone, Sandbox, SippResult, wait_for
 from tests.support.daemon import Daemon
 
@@ -50,6 +51,24 @@ def test_given_round_robin_when_first_manager_answers_then_bridged_and_recorded(
     assert call.line == "+74951000001"
     assert [e["staff"] for e in events(journal, call.call_id, EventKind.RINGING)] == ["ivanov"]
     assert_recorded(daemon, journal, call.call_id, 1.5, 4.0)  # the caller talked for 2 s
+
+
+def test_given_ami_is_down_then_the_call_is_recorded_through_ari_instead(
+    tmp_path: Path, live_asterisk: Sandbox
+) -> None:
+    # A wrong AMI secret: Asterisk refuses the login, so MixMonitor cannot be asked for.
+    with running_daemon(tmp_path, "pbxbrain.yaml", env={"PBXBRAIN_AMI_SECRET": "wrong"},
+                        ready=("ari", "database")) as daemon:
+        journal = JournalReader(daemon.database_url)
+        assert daemon.health()[1]["checks"]["ami"] != "ok"
+        ivanov = live_asterisk.phone("101")
+        caller = live_asterisk.call_from_pstn(ROUND_ROBIN, "+79161000011", "caller_waits.xml",
+                                              talk_ms=1500)
+        finish(ivanov)
+        assert caller.ok, caller.output
+        call = journal.wait_closed_call("+79161000011")
+        assert call.outcome is CallOutcome.ANSWERED
+        assert_recorded(daemon, journal, call.call_id, 0.5, 3.0, via="bridge")
 
 
 def test_given_busy_and_unanswered_phones_then_the_next_manager_gets_the_call(

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -73,14 +74,20 @@ class Daemon:
         except (urllib.error.URLError, OSError):
             return 0, {}
 
-    def wait_ready(self, timeout_s: float = 30.0) -> dict[str, Any]:
+    def wait_ready(self, timeout_s: float = 30.0, *,
+                   only: Collection[str] | None = None) -> dict[str, Any]:
+        """Wait until /v1/health answers 200, or until the ``only`` checks are ok."""
         def ready() -> dict[str, Any] | None:
             assert self.proc is not None
             assert self.proc.poll() is None, f"pbxbrain exited early:\n{self.log_tail()}"
             status, body = self.health()
+            if only is not None:
+                checks = body.get("checks", {})
+                return body if all(checks.get(name) == "ok" for name in only) else None
             return body if status == 200 else None
 
-        return wait_for("pbxbrain /v1/health to answer 200", ready, timeout_s)
+        what = f"pbxbrain's {', '.join(only)} to be ok" if only else "/v1/health to answer 200"
+        return wait_for(what, ready, timeout_s)
 
     def stop(self, timeout_s: float = 15.0) -> int:
         """SIGTERM and wait; returns the exit code."""

@@ -384,6 +384,12 @@ CASES: list[tuple[str, str, Located, str]] = [
         (8, 61, "lines.+74951234567.sla_minutes"),
         "expected a whole number, got 'soon'",
     ),
+    (
+        "recording method Asterisk does not have",
+        "recordings: {method: monitor}\n",
+        (5, 22, "recordings.method"),
+        "'mixmonitor' or 'bridge'",
+    ),
 ]
 
 

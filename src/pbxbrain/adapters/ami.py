@@ -159,6 +159,15 @@ class AmiClient:
         """Raise AmiError unless AMI answers a Ping."""
         await self.action({"Action": "Ping"})
 
+    async def mix_monitor(self, channel: str, path: str) -> None:
+        """Record ``channel`` (name or ARI id) both ways into ``path`` (Asterisk's side:
+        the extension picks the format); AmiError if Asterisk refuses."""
+        await self.action({"Action": "MixMonitor", "Channel": channel, "File": path})
+
+    async def stop_mix_monitor(self, channel: str) -> None:
+        """Stop recording ``channel``: Asterisk closes the file before it answers."""
+        await self.action({"Action": "StopMixMonitor", "Channel": channel})
+
     def _logged_in(self, manager: Manager) -> None:
         if manager is not self._manager:
             return

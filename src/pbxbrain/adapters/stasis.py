@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
 
+from pbxbrain.adapters.ami import AmiError
 from pbxbrain.adapters.ari import (
     AriClient,
     AriError,
@@ -69,7 +70,7 @@ from pbxbrain.domain.phone import normalize_caller, to_e164
 from pbxbrain.domain.plan import Plan, Play, Reject, Ring, RingMode, Target, Voicemail
 from pbxbrain.domain.routing import step_to_json
 from pbxbrain.domain.sla import is_missed, missed_call_for, sla_for
-from pbxbrain.ports import CallStore, PhoneStates
+from pbxbrain.ports import CallStore, ChannelRecorder, PhoneStates
 from pbxbrain.service import Journal, Router
 
 log = logging.getLogger(__name__)
@@ -107,6 +108,8 @@ class StasisSettings:
     default_region: str
     fallback_context: str | None = None
     recording_format: str = "wav"
+    recording_method: str = "mixmonitor"  # or "bridge" (see RecordingsConfig)
+    asterisk_recording_dir: str = "/var/spool/asterisk/recording"
     session_deadline_s: float = 4 * 3600.0  # no call lasts longer; its task is reaped
     voicemail_max_s: int = 120
     prompt_max_s: float = 60.0
@@ -134,6 +137,24 @@ class _Ended:
 
 class CallerGone(Exception):
     """The caller hung up; the plan stops."""
+
+
+#: Formats MixMonitor writes under the name ARI's stored recordings find them by (the
+#: file's extension); wav49 (``.WAV``) is recorded through ARI.
+MIXMONITOR_FORMATS: Final = frozenset({"wav", "gsm", "ulaw", "alaw", "sln", "g722"})
+
+
+@dataclass(frozen=True)
+class _TalkRecording:
+    name: str
+    mixmonitor: bool  # else ARI's recording of the bridge
+
+
+def wav_closed(data: bytes) -> bool:
+    """True when a WAV file's RIFF header counts all its bytes: Asterisk writes the sizes
+    when it closes the file, so an unfinished recording says 0."""
+    return (len(data) >= 44 and data[:4] == b"RIFF"
+            and int.from_bytes(data[4:8], "little") == len(data) - 8)
 
 
 class CallSession:
@@ -456,10 +477,9 @@ class CallSession:
                        after_s=round((now - self.call.at).total_seconds(), 3))
         self.answered_event("client" if self.call.direction is Direction.OUTBOUND
                             else "manager", by)
-        recording: str | None = None
+        recording: _TalkRecording | None = None
         if record:
-            recording = await self._start_recording(f"bridges/{bridge_id}", f"{call_id}-talk",
-                                                    now)
+            recording = await self._record_talk(bridge_id, f"{call_id}-talk")
         # Talk until either side leaves.
         while True:
             if self.caller_gone is not None:
@@ -474,6 +494,8 @@ class CallSession:
                        else leg.target.staff_id or "client",
                        talk_s=round((self.app.clock() - now).total_seconds(), 3))
         if self.caller_gone is None:
+            if recording is not None and recording.mixmonitor:
+                await self._stop_mix_monitor()
             with contextlib.suppress(AriNotFound):
                 await self.ari.hangup(self.call.channel_id, "normal")
         await self._hangup_leg(leg, "normal", None)
@@ -481,7 +503,7 @@ class CallSession:
             await self.ari.destroy_bridge(bridge_id)
         self.bridges.discard(bridge_id)
         if recording is not None:
-            await self._keep_recording(recording, now)
+            await self._keep_recording(recording.name, now, announced=not recording.mixmonitor)
 
     async def _answer_caller_for(self, leg: Leg) -> None:
         self.log_event(EventKind.ANSWERED, channel=leg.channel_id, by=leg.target.staff_id,
@@ -490,7 +512,39 @@ class CallSession:
             await self.ari.answer(self.call.channel_id)
             self.caller_answered = True
 
-    async def _start_recording(self, target: str, name: str, at: datetime) -> str | None:
+    async def _record_talk(self, bridge_id: str, name: str) -> _TalkRecording | None:
+        """Record the conversation: MixMonitor on the caller's channel when AMI is up (the
+        bridge stays a cheap two-party bridge), else ARI's recording of the bridge."""
+        settings, recorder = self.app.settings, self.app.recorder
+        fmt = settings.recording_format
+        if (settings.recording_method == "mixmonitor" and fmt in MIXMONITOR_FORMATS
+                and recorder is not None and recorder.ready):
+            path = f"{settings.asterisk_recording_dir.rstrip('/')}/{name}.{fmt}"
+            try:
+                await recorder.mix_monitor(self.call.channel_id, path)
+            except AmiError as exc:
+                log.warning("call %s: MixMonitor refused (%s); recording the bridge through "
+                            "ARI instead", self.call.call_id, exc)
+            else:
+                self.log_event(EventKind.RECORDING_STARTED, name=name, format=fmt,
+                               via="mixmonitor")
+                return _TalkRecording(name, mixmonitor=True)
+        started = await self._start_recording(f"bridges/{bridge_id}", name)
+        return _TalkRecording(started, mixmonitor=False) if started is not None else None
+
+    async def _stop_mix_monitor(self) -> None:
+        """Close the talk's file before the caller's channel goes (Asterisk closes it
+        itself when the channel ends, a moment after the channel's last event)."""
+        recorder = self.app.recorder
+        if recorder is None:
+            return
+        try:
+            await recorder.stop_mix_monitor(self.call.channel_id)
+        except AmiError as exc:
+            log.info("call %s: StopMixMonitor: %s (the hang-up closes the file)",
+                     self.call.call_id, exc)
+
+    async def _start_recording(self, target: str, name: str) -> str | None:
         fmt = self.app.settings.recording_format
         try:
             await self.ari.record(target, name, fmt=fmt, if_exists="overwrite")
@@ -500,7 +554,7 @@ class CallSession:
                       "there and writable by asterisk?)", self.call.call_id, target, exc)
             self.log_event(EventKind.ERROR, error=f"recording failed: {exc}")
             return None
-        self.log_event(EventKind.RECORDING_STARTED, name=name, format=fmt)
+        self.log_event(EventKind.RECORDING_STARTED, name=name, format=fmt, via="bridge")
         return name
 
     async def _wait_recording_done(self, name: str) -> RecordingEvent | None:
@@ -513,19 +567,26 @@ class CallSession:
                     event.type in ("RecordingFinished", "RecordingFailed")):
                 return event
 
-    async def _keep_recording(self, name: str, started: datetime) -> bool:
-        """Move a finished recording from Asterisk into pbxbrain's store; True if kept."""
-        done = await self._wait_recording_done(name)
-        if done is not None and done.type == "RecordingFailed":
-            self.log_event(EventKind.ERROR, error=f"recording {name} failed: "
-                           f"{done.recording.cause}")
-            return False
+    async def _keep_recording(self, name: str, started: datetime, *,
+                              announced: bool = True) -> bool:
+        """Move a finished recording from Asterisk into pbxbrain's store; True if kept.
+
+        ``announced``: ARI's own recording, whose end comes as an event; a MixMonitor
+        file has none, it is complete once Asterisk closed it (see ``_fetch_closed``).
+        """
+        if announced:
+            done = await self._wait_recording_done(name)
+            if done is not None and done.type == "RecordingFailed":
+                self.log_event(EventKind.ERROR, error=f"recording {name} failed: "
+                               f"{done.recording.cause}")
+                return False
         fmt = self.app.settings.recording_format
         # A few at a time: when hundreds of calls end together, their files (half a MB a
         # minute each) would otherwise all sit in memory at once.
         async with self.app.recording_fetches:
             try:
-                data = await self.ari.stored_recording_file(name)
+                data = (await self.ari.stored_recording_file(name) if announced
+                        else await self._fetch_closed(name, fmt))
             except AriError as exc:
                 log.error("call %s: recording %s not fetched from Asterisk: %s; it stays "
                           "in Asterisk's spool", self.call.call_id, name, exc)
@@ -542,6 +603,34 @@ class CallSession:
         with contextlib.suppress(AriError):
             await self.ari.delete_stored_recording(name)
         return saved.duration_s is None or saved.duration_s > 0
+
+    async def _fetch_closed(self, name: str, fmt: str) -> bytes:
+        """A MixMonitor file, once Asterisk has closed it.
+
+        Asterisk's recording thread closes the file right after the channel's end, which
+        pbxbrain may hear of first; a WAV file's header tells (its sizes are written at the
+        close). So: fetch, and fetch again after 50, 100, 200… ms while it is unfinished,
+        for at most ``recording_settle_s``; then keep what there is.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.app.settings.recording_settle_s
+        pause = 0.05
+        while True:
+            try:
+                data = await self.ari.stored_recording_file(name)
+            except AriNotFound:
+                if loop.time() + pause > deadline:
+                    raise
+            else:
+                if fmt != "wav" or wav_closed(data):
+                    return data
+                if loop.time() + pause > deadline:
+                    log.warning("call %s: recording %s still unfinished after %g s; keeping "
+                                "it as it is", self.call.call_id, name,
+                                self.app.settings.recording_settle_s)
+                    return data
+            await asyncio.sleep(pause)
+            pause *= 2
 
     async def _play(self, prompt: str) -> None:
         playback_id = f"{self.call.call_id}-play-{uuid.uuid4().hex[:6]}"
@@ -633,8 +722,10 @@ class StasisApp:
 
     def __init__(self, ari: AriClient, journal: Journal, *, store: CallStore, router: Router,
                  phones: PhoneStates, recordings: RecordingDirectory,
-                 settings: StasisSettings, clock: Clock = utcnow) -> None:
+                 settings: StasisSettings, clock: Clock = utcnow,
+                 recorder: ChannelRecorder | None = None) -> None:
         self.ari = ari
+        self.recorder = recorder  # MixMonitor through AMI; None: ARI bridge recordings
         self.journal = journal
         self.store = store
         self.router = router
