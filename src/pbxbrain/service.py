@@ -225,15 +225,27 @@ class Router:
 
     async def plan(self, call: InboundCall, now: datetime) -> tuple[Plan, Contact | None]:
         """The plan for ``call`` at ``now``, and the caller's contact if the CRM knows him."""
-        # The CRM lookup runs while the cursors and phone states are fetched.
+        # The CRM lookup and the phone states are fetched while the cursors advance.
         lookup = asyncio.create_task(self._contacts.lookup(call.caller))
+        phones = asyncio.create_task(self._phone_states(call))
         try:
-            return await self._plan(call, now, lookup)
+            return await self._plan(call, now, lookup, phones)
         finally:
             lookup.cancel()
+            phones.cancel()
+
+    async def _phone_states(self, call: InboundCall) -> tuple[frozenset[str], frozenset[str]]:
+        """(busy, offline); nobody known busy or offline when Asterisk is too slow."""
+        try:
+            return await asyncio.wait_for(self._phones.snapshot(), self._deadline * 2)
+        except TimeoutError:
+            log.warning("call %s: phone states not known in time", call.call_id)
+            return frozenset(), frozenset()
 
     async def _plan(self, call: InboundCall, now: datetime,
-                    lookup: asyncio.Task[LookupResult]) -> tuple[Plan, Contact | None]:
+                    lookup: asyncio.Task[LookupResult],
+                    phones: asyncio.Task[tuple[frozenset[str], frozenset[str]]],
+                    ) -> tuple[Plan, Contact | None]:
         cursors: dict[str, int] = {}
         groups = cursor_groups(call.dialed, call.caller, self.config)
         remembered = (asyncio.create_task(self._remembered_manager(call))
@@ -252,11 +264,7 @@ class Router:
                 cursors[group] = position % size
                 log.warning("call %s: round-robin cursor of %s from memory (%s)",
                             call.call_id, group, str(exc) or "database too slow")
-        try:
-            busy, offline = await asyncio.wait_for(self._phones.snapshot(), self._deadline * 2)
-        except TimeoutError:
-            busy, offline = frozenset(), frozenset()
-            log.warning("call %s: phone states not known in time", call.call_id)
+        busy, offline = await phones
         found = await lookup  # bounded by its own deadline; never raises
         owner = found.owner if found.owner in self.config.staff else None
         # The CRM's owner is the caller's manager; else the one the sticky strategy gave him.

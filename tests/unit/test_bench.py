@@ -2,8 +2,19 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
-from bench.run import Column, Report, refine_limit, summarize
+from bench.run import (
+    Column,
+    Report,
+    _upgraded,
+    callers_file,
+    invite_times,
+    post_dial_delays,
+    refine_limit,
+    summarize,
+)
 
 
 def report_with(limits: dict[str, float], ladder: tuple[float, ...]) -> Report:
@@ -43,3 +54,39 @@ def test_given_a_lucky_pass_above_a_failure_then_it_does_not_count() -> None:
     for rate, limit in ((10, 100), (20, 0), (40, 100)):
         run(report, "baseline", rate, limit)
     assert summarize(report)["max_zero_failure_cps_baseline"] == 10
+
+
+def test_post_dial_delay_pairs_each_callers_invite_with_the_first_phone_invite(
+        tmp_path: Path) -> None:
+    caller_log = tmp_path / "bench_caller_1_logs.log"
+    caller_log.write_text("1795585528.000000 312560.000000 +79160000001\n"
+                          "1795585528.000000 412000.000000 +79160000002\n"
+                          "1795585528.000000 512000.000000 +79160000003\n")
+    phone_log = tmp_path / "bench_phone_2_logs.log"
+    phone_log.write_text(
+        '1795585528.000000 322560.000000 From: "Ivan" <sip:+79160000001@127.0.0.1>;tag=a\n'
+        'garbage line\n'
+        '1795585528.000000 432000.000000 From: <sip:+79160000002@127.0.0.1>;tag=b\n'
+        '1795585529.000000 32000.000000 From: <sip:+79160000002@127.0.0.1>;tag=c\n')
+    sent = invite_times([caller_log])
+    assert sent == {"+79160000001": pytest.approx(1795585528.31256),
+                    "+79160000002": pytest.approx(1795585528.412),
+                    "+79160000003": pytest.approx(1795585528.512)}
+    delays = post_dial_delays(sent, invite_times([phone_log]))
+    # the third caller rang nobody; the second's retry to another phone does not count
+    assert delays == [pytest.approx(10.0, abs=1e-3), pytest.approx(20.0, abs=1e-3)]
+
+
+def test_callers_are_new_numbers_in_sipp_injection_format(tmp_path: Path) -> None:
+    first = callers_file(tmp_path / "a.csv", 2)
+    second = callers_file(tmp_path / "b.csv", 1)
+    assert len(set(first + second)) == 3
+    assert all(n.startswith("+7916") and len(n) == 12 for n in first + second)
+    assert (tmp_path / "a.csv").read_text() == f"SEQUENTIAL\n{first[0]};\n{first[1]};\n"
+
+
+def test_a_saved_run_from_before_the_answer_delay_reads_its_pdd_as_answer_delay() -> None:
+    old = {"column": "pbxbrain", "rate": 20, "pdd_ms_p50": 15.9, "pdd_ms_p99": 43.1}
+    col = Column(**_upgraded(old))
+    assert (col.answer_ms_p50, col.answer_ms_p99) == (15.9, 43.1)
+    assert col.pdd_ms_p99 is None

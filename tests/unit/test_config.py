@@ -390,6 +390,12 @@ CASES: list[tuple[str, str, Located, str]] = [
         (5, 22, "recordings.method"),
         "'mixmonitor' or 'bridge'",
     ),
+    (
+        "recording spool MixMonitor cannot be given",
+        'recordings: {asterisk_dir: "/var/spool/asterisk/rec,ording"}\n',
+        (5, 28, "recordings.asterisk_dir"),
+        "commas split its arguments",
+    ),
 ]
 
 

@@ -6,6 +6,7 @@ after the channel's end, and a WAV header's sizes are written at that close.
 
 from __future__ import annotations
 
+import asyncio
 import struct
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -57,9 +58,17 @@ class FakeAri:
         return answer
 
 
+async def fetch(session: CallSession, fmt: str = "wav") -> tuple[bytes, bool]:
+    async with session._fetched("c1-talk", fmt, wait_closed=True) as got:
+        # the slot is held while the bytes are kept, and only then
+        assert session.app.recording_fetches.locked()
+        return got
+
+
 def session(ari: FakeAri, settle_s: float = 5.0) -> CallSession:
     settings = StasisSettings(node="n1", default_region="RU", recording_settle_s=settle_s)
-    app = cast(StasisApp, SimpleNamespace(ari=ari, settings=settings))
+    app = cast(StasisApp, SimpleNamespace(ari=ari, settings=settings,
+                                          recording_fetches=asyncio.Semaphore(1)))
     call = InboundCall(call_id="c1", channel_id="ch1", caller="+79161234567",
                        caller_raw="+79161234567", dialed="+74951234567",
                        at=datetime(2026, 11, 25, tzinfo=UTC), direction=Direction.INBOUND,
@@ -69,28 +78,35 @@ def session(ari: FakeAri, settle_s: float = 5.0) -> CallSession:
 
 async def test_an_unfinished_wav_is_fetched_again_until_asterisk_closed_it() -> None:
     ari = FakeAri([wav(800, closed=False), wav(1600, closed=False), wav(1600)])
-    assert await session(ari)._fetch_closed("c1-talk", "wav") == wav(1600)
+    assert await fetch(session(ari)) == (wav(1600), True)
     assert ari.fetches == 3
 
 
 async def test_a_file_not_there_yet_is_fetched_again() -> None:
     ari = FakeAri([None, wav(800)])
-    assert await session(ari)._fetch_closed("c1-talk", "wav") == wav(800)
+    assert await fetch(session(ari)) == (wav(800), True)
 
 
 async def test_a_file_never_closed_is_kept_as_it_is_after_the_settle_time() -> None:
     ari = FakeAri([wav(800, closed=False)] * 10)
-    assert await session(ari, settle_s=0.1)._fetch_closed("c1-talk", "wav") == wav(
-        800, closed=False)
+    assert await fetch(session(ari, settle_s=0.1)) == (wav(800, closed=False), False)
     assert 1 < ari.fetches < 10
 
 
 async def test_a_file_never_there_raises_not_found_after_the_settle_time() -> None:
     ari = FakeAri([None] * 10)
     with pytest.raises(AriNotFound):
-        await session(ari, settle_s=0.1)._fetch_closed("c1-talk", "wav")
+        await fetch(session(ari, settle_s=0.1))
 
 
 async def test_formats_without_a_header_are_taken_at_once() -> None:
     ari = FakeAri([b"\xff" * 160])
-    assert await session(ari)._fetch_closed("c1-talk", "ulaw") == b"\xff" * 160
+    assert await fetch(session(ari), "ulaw") == (b"\xff" * 160, True)
+
+
+async def test_an_ari_recording_is_fetched_once() -> None:
+    ari = FakeAri([None, wav(800)])
+    with pytest.raises(AriNotFound):
+        async with session(ari)._fetched("c1-talk", "wav", wait_closed=False):
+            pass
+    assert ari.fetches == 1

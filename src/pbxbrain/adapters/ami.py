@@ -25,6 +25,10 @@ class AmiError(Exception):
     """AMI is down, refused the login, or an action failed or timed out."""
 
 
+class AmiTimeout(AmiError):
+    """An action got no answer in time: Asterisk may still have done it."""
+
+
 class _Manager(Manager):  # type: ignore[misc]  # panoramisk is untyped
     """panoramisk's Manager, minus the reconnect after we close it on purpose."""
 
@@ -138,17 +142,20 @@ class AmiClient:
         m.closing = True
         m.close()
 
-    async def action(self, fields: Mapping[str, str], *, as_list: bool = False) -> Any:
-        """Send one action and wait for its response, at most ``action_timeout`` seconds."""
+    async def action(self, fields: Mapping[str, str], *, as_list: bool = False,
+                     timeout_s: float | None = None) -> Any:
+        """Send one action and wait for its response, at most ``timeout_s`` (default:
+        ``action_timeout``) seconds; AmiTimeout when none came (it may still be done)."""
         m = self._manager
         if m is None or not self.ready:
             raise AmiError(f"AMI not connected ({self.last_error}); cannot send {fields!r}")
         try:
             future = m.send_action(dict(fields), as_list=as_list)
-            response = await asyncio.wait_for(future, self._timeout)
+            timeout = self._timeout if timeout_s is None else timeout_s
+            response = await asyncio.wait_for(future, timeout)
         except TimeoutError as exc:
-            raise AmiError(
-                f"AMI action {fields.get('Action')} got no answer in {self._timeout:g} s"
+            raise AmiTimeout(
+                f"AMI action {fields.get('Action')} got no answer in {timeout:g} s"
             ) from exc
         if not as_list and getattr(response, "success", True) is False:
             raise AmiError(f"AMI action {fields.get('Action')} failed: "
@@ -159,14 +166,17 @@ class AmiClient:
         """Raise AmiError unless AMI answers a Ping."""
         await self.action({"Action": "Ping"})
 
-    async def mix_monitor(self, channel: str, path: str) -> None:
+    async def mix_monitor(self, channel: str, path: str, *, timeout_s: float = 1.0) -> None:
         """Record ``channel`` (name or ARI id) both ways into ``path`` (Asterisk's side:
-        the extension picks the format); AmiError if Asterisk refuses."""
-        await self.action({"Action": "MixMonitor", "Channel": channel, "File": path})
+        the extension picks the format); AmiError if Asterisk refuses (``No such
+        channel``: it is gone), AmiTimeout if it did not answer in time."""
+        await self.action({"Action": "MixMonitor", "Channel": channel, "File": path},
+                          timeout_s=timeout_s)
 
-    async def stop_mix_monitor(self, channel: str) -> None:
+    async def stop_mix_monitor(self, channel: str, *, timeout_s: float = 1.0) -> None:
         """Stop recording ``channel``: Asterisk closes the file before it answers."""
-        await self.action({"Action": "StopMixMonitor", "Channel": channel})
+        await self.action({"Action": "StopMixMonitor", "Channel": channel},
+                          timeout_s=timeout_s)
 
     def _logged_in(self, manager: Manager) -> None:
         if manager is not self._manager:

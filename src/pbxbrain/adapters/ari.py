@@ -473,7 +473,7 @@ class AriClient:
                 if resp.status >= 400:
                     raise _error("GET", path, resp.status, await resp.text())
                 return await resp.read()
-        except (aiohttp.ClientConnectionError, TimeoutError, OSError) as exc:
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:  # a cut body too
             raise AriUnavailable("GET", path, 0, f"Asterisk unreachable: {_describe(exc)}"
                                  ) from exc
 

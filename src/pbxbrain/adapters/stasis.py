@@ -32,17 +32,18 @@ import contextlib
 import logging
 import re
 import uuid
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from pbxbrain.adapters.ami import AmiError
+from pbxbrain.adapters.ami import AmiError, AmiTimeout
 from pbxbrain.adapters.ari import (
     AriClient,
     AriError,
     AriEvent,
     AriNotFound,
+    AriUnavailable,
     CallerId,
     Channel,
     ChannelDestroyed,
@@ -55,6 +56,7 @@ from pbxbrain.adapters.ari import (
 )
 from pbxbrain.adapters.outbox import called_back_message, missed_call_message
 from pbxbrain.adapters.recordings import RecordingDirectory
+from pbxbrain.config import RecordingMethod
 from pbxbrain.domain.model import (
     CallOutcome,
     CallSummary,
@@ -108,7 +110,7 @@ class StasisSettings:
     default_region: str
     fallback_context: str | None = None
     recording_format: str = "wav"
-    recording_method: str = "mixmonitor"  # or "bridge" (see RecordingsConfig)
+    recording_method: RecordingMethod = "mixmonitor"  # or "bridge" (see RecordingsConfig)
     asterisk_recording_dir: str = "/var/spool/asterisk/recording"
     session_deadline_s: float = 4 * 3600.0  # no call lasts longer; its task is reaped
     voicemail_max_s: int = 120
@@ -139,9 +141,10 @@ class CallerGone(Exception):
     """The caller hung up; the plan stops."""
 
 
-#: Formats MixMonitor writes under the name ARI's stored recordings find them by (the
-#: file's extension); wav49 (``.WAV``) is recorded through ARI.
-MIXMONITOR_FORMATS: Final = frozenset({"wav", "gsm", "ulaw", "alaw", "sln", "g722"})
+#: Formats recorded with MixMonitor: a WAV file's header says when Asterisk has closed it
+#: (headerless formats would be fetched with their last buffer, up to 32 KB, unwritten);
+#: the others are recorded through ARI, whose RecordingFinished tells.
+MIXMONITOR_FORMATS: Final = frozenset({"wav"})
 
 
 @dataclass(frozen=True)
@@ -171,6 +174,7 @@ class CallSession:
         self.bridges: set[str] = set()
         self.task: asyncio.Task[None] | None = None
         self.voicemail_id: str | None = None  # the message the caller left, if any
+        self.mixmonitor_on = False  # the caller's channel is being recorded by MixMonitor
         self.plan: Plan | None = None
         self.contact: Contact | None = None  # the caller as the CRM knows him
         self.crm_ids: Mapping[str, str] = {}
@@ -321,14 +325,24 @@ class CallSession:
     async def _ring(self, targets: tuple[Target, ...], timeout_s: int, *,
                     caller_id: str | None = None) -> Leg | None:
         """Ring targets at once; the first to answer is returned, the others hung up."""
+        ringback: asyncio.Task[None] | None = None
         if not self.ringback_sent and not self.caller_answered:
-            with contextlib.suppress(AriNotFound):
-                await self.ari.ring(self.call.channel_id)
+            # The caller's ringback and the managers' phones are rung together: the
+            # post-dial delay does not wait for the ringback's round trip.
+            ringback = asyncio.create_task(self._ringback())
             self.ringback_sent = True
-        legs = await self._originate(targets, timeout_s, caller_id)
+        try:
+            legs = await self._originate(targets, timeout_s, caller_id)
+        finally:
+            if ringback is not None:
+                await ringback
         if not legs:
             return None
         return await self._first_answer(legs, timeout_s)
+
+    async def _ringback(self) -> None:
+        with contextlib.suppress(AriNotFound):
+            await self.ari.ring(self.call.channel_id)
 
     async def _originate(self, targets: tuple[Target, ...], timeout_s: int,
                          caller_id: str | None) -> dict[str, Leg]:
@@ -494,8 +508,7 @@ class CallSession:
                        else leg.target.staff_id or "client",
                        talk_s=round((self.app.clock() - now).total_seconds(), 3))
         if self.caller_gone is None:
-            if recording is not None and recording.mixmonitor:
-                await self._stop_mix_monitor()
+            await self._stop_mix_monitor()  # the file is complete before he is hung up
             with contextlib.suppress(AriNotFound):
                 await self.ari.hangup(self.call.channel_id, "normal")
         await self._hangup_leg(leg, "normal", None)
@@ -517,15 +530,24 @@ class CallSession:
         bridge stays a cheap two-party bridge), else ARI's recording of the bridge."""
         settings, recorder = self.app.settings, self.app.recorder
         fmt = settings.recording_format
+        if self.caller_gone is not None:
+            return None  # he hung up as he was bridged: nothing to record
         if (settings.recording_method == "mixmonitor" and fmt in MIXMONITOR_FORMATS
                 and recorder is not None and recorder.ready):
             path = f"{settings.asterisk_recording_dir.rstrip('/')}/{name}.{fmt}"
             try:
                 await recorder.mix_monitor(self.call.channel_id, path)
             except AmiError as exc:
-                log.warning("call %s: MixMonitor refused (%s); recording the bridge through "
+                if self.caller_gone is not None or "no such channel" in str(exc).lower():
+                    return None
+                if isinstance(exc, AmiTimeout):  # it may have started after all
+                    self.mixmonitor_on = True
+                    await self._stop_mix_monitor()
+                log.warning("call %s: MixMonitor failed (%s); recording the bridge through "
                             "ARI instead", self.call.call_id, exc)
+                name = f"{name}-bridge"  # never the file a late MixMonitor may write
             else:
+                self.mixmonitor_on = True
                 self.log_event(EventKind.RECORDING_STARTED, name=name, format=fmt,
                                via="mixmonitor")
                 return _TalkRecording(name, mixmonitor=True)
@@ -536,8 +558,9 @@ class CallSession:
         """Close the talk's file before the caller's channel goes (Asterisk closes it
         itself when the channel ends, a moment after the channel's last event)."""
         recorder = self.app.recorder
-        if recorder is None:
+        if recorder is None or not self.mixmonitor_on:
             return
+        self.mixmonitor_on = False
         try:
             await recorder.stop_mix_monitor(self.call.channel_id)
         except AmiError as exc:
@@ -583,17 +606,18 @@ class CallSession:
         fmt = self.app.settings.recording_format
         # A few at a time: when hundreds of calls end together, their files (half a MB a
         # minute each) would otherwise all sit in memory at once.
-        async with self.app.recording_fetches:
-            try:
-                data = (await self.ari.stored_recording_file(name) if announced
-                        else await self._fetch_closed(name, fmt))
-            except AriError as exc:
-                log.error("call %s: recording %s not fetched from Asterisk: %s; it stays "
-                          "in Asterisk's spool", self.call.call_id, name, exc)
-                self.log_event(EventKind.ERROR, error=f"recording {name} not fetched: {exc}")
-                return False
-            saved = await self.app.recordings.save(name, fmt, data, started)
-            del data
+        try:
+            async with self._fetched(name, fmt, wait_closed=not announced) as (data, closed):
+                saved = await self.app.recordings.save(name, fmt, data, started)
+        except (AriError, OSError) as exc:
+            log.error("call %s: recording %s not kept: %s; it stays in Asterisk's spool",
+                      self.call.call_id, name, exc)
+            self.log_event(EventKind.ERROR, error=f"recording {name} not kept: {exc}")
+            return False
+        if not closed:
+            self.log_event(EventKind.ERROR, error=f"recording {name} was still being written "
+                           f"after {self.app.settings.recording_settle_s:g} s; its end may "
+                           "be missing")
         self.journal.recording(RecordingInfo(
             recording_id=name, call_id=self.call.call_id, name=name,
             path=saved.relative_path, format=fmt, started_at=started,
@@ -604,31 +628,37 @@ class CallSession:
             await self.ari.delete_stored_recording(name)
         return saved.duration_s is None or saved.duration_s > 0
 
-    async def _fetch_closed(self, name: str, fmt: str) -> bytes:
-        """A MixMonitor file, once Asterisk has closed it.
+    @contextlib.asynccontextmanager
+    async def _fetched(self, name: str, fmt: str, *,
+                       wait_closed: bool) -> AsyncIterator[tuple[bytes, bool]]:
+        """A stored recording's bytes, and whether Asterisk had closed the file.
 
-        Asterisk's recording thread closes the file right after the channel's end, which
-        pbxbrain may hear of first; a WAV file's header tells (its sizes are written at the
-        close). So: fetch, and fetch again after 50, 100, 200… ms while it is unfinished,
-        for at most ``recording_settle_s``; then keep what there is.
+        Held a few at a time (``recording_fetches``): when hundreds of calls end together,
+        their files (half a MB a minute each) would otherwise all sit in memory at once.
+
+        ``wait_closed`` (MixMonitor): Asterisk's recording thread closes the file right
+        after the channel's end, which pbxbrain may hear of first; a WAV header tells
+        (its sizes are written at the close). So: fetch, and fetch again after 50, 100,
+        200… ms (not holding a slot) while it is missing or unfinished, for at most
+        ``recording_settle_s``; then take what there is.
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.app.settings.recording_settle_s
         pause = 0.05
         while True:
-            try:
-                data = await self.ari.stored_recording_file(name)
-            except AriNotFound:
-                if loop.time() + pause > deadline:
-                    raise
-            else:
-                if fmt != "wav" or wav_closed(data):
-                    return data
-                if loop.time() + pause > deadline:
-                    log.warning("call %s: recording %s still unfinished after %g s; keeping "
-                                "it as it is", self.call.call_id, name,
-                                self.app.settings.recording_settle_s)
-                    return data
+            last_try = not wait_closed or loop.time() + pause > deadline
+            async with self.app.recording_fetches:
+                try:
+                    data = await self.ari.stored_recording_file(name)
+                except (AriNotFound, AriUnavailable):
+                    if last_try:
+                        raise
+                else:
+                    closed = fmt != "wav" or wav_closed(data)
+                    if closed or last_try:
+                        yield data, closed
+                        return
+                    del data
             await asyncio.sleep(pause)
             pause *= 2
 
@@ -683,7 +713,10 @@ class CallSession:
 
     # -- the end -------------------------------------------------------------------
     async def _cleanup(self) -> None:
-        """Nothing outlives the call: legs hung up, bridges destroyed, managers freed."""
+        """Nothing outlives the call: legs hung up, bridges destroyed, managers freed, and
+        a caller sent back to the dialplan is no longer recorded into this call's file."""
+        if self.caller_gone is None:
+            await self._stop_mix_monitor()
         for leg in self.legs.values():
             if not leg.ended:
                 await self._safe(self._hangup_leg(leg, "normal", "call ended"))
