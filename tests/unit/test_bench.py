@@ -90,3 +90,10 @@ def test_a_saved_run_from_before_the_answer_delay_reads_its_pdd_as_answer_delay(
     col = Column(**_upgraded(old))
     assert (col.answer_ms_p50, col.answer_ms_p99) == (15.9, 43.1)
     assert col.pdd_ms_p99 is None
+
+
+def test_a_caller_refused_because_nobody_was_free_is_not_a_clean_rate() -> None:
+    report = Report(machine={}, started="now", call_seconds=3, seconds_per_rate=10)
+    report.columns += [Column("pbxbrain", 20, attempted=10, completed=10, answered=10),
+                       Column("pbxbrain", 40, attempted=10, completed=10, answered=7)]
+    assert summarize(report)["max_zero_failure_cps_pbxbrain"] == 20
