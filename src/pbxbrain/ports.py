@@ -133,8 +133,8 @@ class PhoneStates(Protocol):
     def release_all(self, call_id: str) -> None:
         """Let every manager held by a call go."""
 
-    def changed(self) -> None:
-        """One of pbxbrain's channels ended: phone states are to be read afresh."""
+    def changed(self, channel_id: str) -> None:
+        """A channel ended: the phone it was on may be free now."""
 
 
 class ChannelRecorder(Protocol):

@@ -1,5 +1,5 @@
-"""Who is free: Asterisk's phone states (asked once for calls arriving together, dropped
-when a channel of ours ends) joined with pbxbrain's reservations."""
+"""Who is free: Asterisk's phone states (asked once for calls arriving together; a channel
+that ends is taken out of them) joined with pbxbrain's reservations."""
 
 from __future__ import annotations
 
@@ -81,32 +81,50 @@ async def test_given_a_recent_answer_then_it_serves_until_it_is_too_old() -> Non
     assert ari.requests == 2
 
 
-async def test_given_a_channel_of_ours_ended_then_asterisk_is_asked_again() -> None:
+async def test_given_a_channel_ended_then_its_phone_is_free_without_asking_again() -> None:
     ari, clock = FakeAri(), Clock()
     p = presence(ari, clock)
-    await p.snapshot()
-    p.changed()
-    ari.endpoints[0] = Endpoint("PJSIP", "101", "online", ())
+    assert (await p.snapshot())[0] == {"ivanov"}
+    p.changed("ch-other")  # not one of the phones' channels: nothing changes
+    assert (await p.snapshot())[0] == {"ivanov"}
+    p.changed("ch-1")
     assert (await p.snapshot())[0] == frozenset()
-    assert ari.requests == 2
+    assert ari.requests == 1
 
 
-async def test_given_a_channel_ended_while_asking_then_that_answer_serves_nobody_new(
+async def test_given_a_phone_on_two_channels_then_it_is_free_when_both_ended() -> None:
+    ari, clock = FakeAri(), Clock()
+    ari.endpoints[0] = Endpoint("PJSIP", "101", "online", ("ch-1", "ch-2"))
+    p = presence(ari, clock)
+    await p.snapshot()
+    p.changed("ch-1")
+    assert (await p.snapshot())[0] == {"ivanov"}
+    p.changed("ch-2")
+    assert (await p.snapshot())[0] == frozenset()
+
+
+async def test_given_a_channel_ended_while_asking_then_the_answer_does_not_show_it(
 ) -> None:
     ari, clock = FakeAri(), Clock()
     ari.release.clear()
     p = presence(ari, clock)
     asking = asyncio.ensure_future(p.snapshot())
-    await asyncio.wait_for(ari.asked.get(), 1)  # Asterisk has been asked
-    p.changed()  # ivanov's call ended after Asterisk was asked: the answer may show it
-    ari.endpoints[0] = Endpoint("PJSIP", "101", "online", ())
-    later = asyncio.ensure_future(p.snapshot())  # a call arriving now asks afresh
-    await asyncio.wait_for(ari.asked.get(), 1)
+    await asyncio.wait_for(ari.asked.get(), 1)  # Asterisk has been asked (ch-1 is up)
+    p.changed("ch-1")  # ivanov's call ended after Asterisk was asked: the answer shows it
+    later = asyncio.ensure_future(p.snapshot())  # a call arriving now shares the request
     ari.release.set()
-    assert (await asking)[0] == {"ivanov"}
+    assert (await asking)[0] == frozenset()
     assert (await later)[0] == frozenset()
-    await p.snapshot()  # the fresh answer is kept, the old one was not
-    assert ari.requests == 2
+    assert (await p.snapshot())[0] == frozenset()  # and so does the answer kept
+    assert ari.requests == 1
+
+
+async def test_given_a_channel_ended_before_asking_then_a_later_answer_is_not_edited(
+) -> None:
+    ari, clock = FakeAri(), Clock()
+    p = presence(ari, clock)
+    p.changed("ch-1")  # nothing kept, nothing being asked: remembered nowhere
+    assert (await p.snapshot())[0] == {"ivanov"}  # Asterisk says ch-1 is up: it is
 
 
 async def test_given_asterisk_down_then_reservations_only_and_asked_again_next_time() -> None:

@@ -70,7 +70,7 @@ class Phones:
     def release_all(self, call_id: str) -> None:
         return None
 
-    def changed(self) -> None:
+    def changed(self, channel_id: str) -> None:
         return None
 
 

@@ -3,11 +3,13 @@
 * Asterisk: ``GET /endpoints/PJSIP`` gives every phone's state (``offline`` =
   unregistered or unreachable) and its channels (a phone with a channel is on a call,
   whether pbxbrain placed it or not). One answer serves the decisions of the next
-  ``max_age_s`` (calls arriving together share one request), and is dropped as soon as
-  one of pbxbrain's channels ends (``changed``): with hundreds of phones, that list was
-  the costliest part of a decision, and pbxbrain's own calls are covered by reservations
-  at once anyway. What can be stale is only a call pbxbrain did not place, by at most
-  ``max_age_s``: such a phone answers busy and the plan goes on.
+  ``max_age_s`` (calls arriving together share one request): with hundreds of phones,
+  that list was the costliest part of a decision, for pbxbrain and for Asterisk. A
+  channel that ends (``changed``) is taken out of the answer kept, and out of the one
+  being fetched (Asterisk may have listed it before it ended), so a phone whose call
+  ended is free at once without asking again; pbxbrain's own new calls are covered by
+  reservations at once anyway. What can be stale is only a call pbxbrain did not place,
+  by at most ``max_age_s``: such a phone answers busy and the plan goes on.
 * pbxbrain: a manager being rung or talking in a pbxbrain call is *reserved* by that call.
   ``reserve`` is synchronous and the event loop is single-threaded, so two concurrent calls
   can never both get the same free manager.
@@ -24,6 +26,18 @@ from dataclasses import dataclass
 from pbxbrain.adapters.ari import AriClient, AriError
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class _PhoneChannels:
+    """Asterisk's answer: each manager's channels (a channel -> its manager too)."""
+
+    channels: dict[str, str]  # channel id -> staff id
+    offline: frozenset[str]
+    error: str = ""
+
+    def view(self) -> PresenceView:
+        return PresenceView(frozenset(self.channels.values()), self.offline, self.error)
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,9 +60,9 @@ class Presence:
         self._reserved: dict[str, str] = {}  # staff id -> call id
         self._max_age = max_age_s
         self._clock = clock
-        self._asterisk: tuple[float, PresenceView] | None = None  # (taken at, view)
-        self._asking: asyncio.Future[PresenceView] | None = None
-        self._generation = 0  # bumped by changed(): an answer asked before is not kept
+        self._asterisk: tuple[float, _PhoneChannels] | None = None  # (taken at, answer)
+        self._asking: asyncio.Future[_PhoneChannels] | None = None
+        self._ended: set[str] = set()  # channels ended while Asterisk is being asked
         self.asked = 0  # requests made to Asterisk (for tests and health)
 
     def reserved_by(self, staff_id: str) -> str | None:
@@ -78,46 +92,47 @@ class Presence:
         view = await self.view()
         return view.busy, view.offline
 
-    def changed(self) -> None:
-        """A channel of pbxbrain's ended: the next decision asks Asterisk again (even when
-        a request is under way: it may have been answered before the channel ended)."""
-        self._asterisk = None
-        self._asking = None
-        self._generation += 1
+    def changed(self, channel_id: str) -> None:
+        """A channel ended: its phone, if it has no other, is free now (in the answer kept,
+        and in the one being fetched, which Asterisk may have made before it ended)."""
+        cached = self._asterisk
+        if cached is not None:
+            cached[1].channels.pop(channel_id, None)
+        if self._asking is not None:
+            self._ended.add(channel_id)
 
     async def view(self) -> PresenceView:
         """Busy and offline managers now, and whether Asterisk could be asked."""
-        phones = await self._asterisk_view()
+        phones = (await self._asterisk_answer()).view()
         return PresenceView(phones.busy | frozenset(self._reserved), phones.offline,
                             phones.error)
 
-    async def _asterisk_view(self) -> PresenceView:
+    async def _asterisk_answer(self) -> _PhoneChannels:
         cached = self._asterisk
         if cached is not None and self._clock() - cached[0] < self._max_age:
             return cached[1]
         if self._asking is None:
-            generation = self._generation
+            self._ended = set()
             self._asking = asyncio.ensure_future(self._ask_asterisk())
-            self._asking.add_done_callback(lambda done: self._asked(done, generation))
+            self._asking.add_done_callback(self._asked)
         return await asyncio.shield(self._asking)
 
-    def _asked(self, done: asyncio.Future[PresenceView], generation: int) -> None:
+    def _asked(self, done: asyncio.Future[_PhoneChannels]) -> None:
         if self._asking is done:
             self._asking = None
-        if (generation == self._generation and not done.cancelled()
-                and done.exception() is None and not done.result().error):
+        if not done.cancelled() and done.exception() is None and not done.result().error:
             self._asterisk = (self._clock(), done.result())
 
-    async def _ask_asterisk(self) -> PresenceView:
+    async def _ask_asterisk(self) -> _PhoneChannels:
         self.asked += 1
         try:
             endpoints = await self._ari.endpoints_of("PJSIP")
         except AriError as exc:
             log.warning("cannot read phone states from Asterisk (%s); routing on "
                         "pbxbrain's own view only", exc)
-            return PresenceView(frozenset(), frozenset(), str(exc))
+            return _PhoneChannels({}, frozenset(), str(exc))
         by_resource = {f"{e.technology}/{e.resource}": e for e in endpoints}
-        busy: set[str] = set()
+        channels: dict[str, str] = {}
         offline: set[str] = set()
         for staff_id, phone in self._phones.items():
             endpoint = by_resource.get(phone)
@@ -125,6 +140,7 @@ class Presence:
                 continue
             if endpoint.state == "offline":
                 offline.add(staff_id)
-            if endpoint.channel_ids:
-                busy.add(staff_id)
-        return PresenceView(frozenset(busy), frozenset(offline))
+            for channel_id in endpoint.channel_ids:
+                if channel_id not in self._ended:  # ended while Asterisk was answering
+                    channels[channel_id] = staff_id
+        return _PhoneChannels(channels, frozenset(offline))

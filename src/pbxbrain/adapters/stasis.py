@@ -797,7 +797,7 @@ class StasisApp:
             case RecordingEvent(recording=recording):
                 key = recording.target_uri.partition(":")[2]
             case ChannelDestroyed(channel=channel):
-                self.phones.changed()  # a phone of ours may be free again
+                self.phones.changed(channel.id)  # a phone of ours may be free again
                 key = channel.id
             case _:
                 channel_obj = getattr(event, "channel", None)
