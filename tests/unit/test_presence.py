@@ -7,7 +7,7 @@ import asyncio
 from typing import cast
 
 from pbxbrain.adapters.ari import AriClient, AriUnavailable, Endpoint
-from pbxbrain.adapters.presence import Presence
+from pbxbrain.adapters.presence import Presence, _PhoneChannels
 
 PHONES = {"ivanov": "PJSIP/101", "petrov": "PJSIP/102", "orlov": "PJSIP/105"}
 
@@ -151,3 +151,28 @@ async def test_given_a_decision_cancelled_then_the_shared_request_goes_on() -> N
     ari.release.set()
     assert (await second)[1] == {"orlov"}
     assert ari.requests == 1
+
+
+async def test_given_a_channel_ended_just_after_the_answer_came_then_it_is_not_kept(
+) -> None:
+    # The request is done, but its callback (which keeps the answer) runs a loop turn
+    # later; a ChannelDestroyed handled in between must still count.
+    ari, clock = FakeAri(), Clock()
+    p = presence(ari, clock)
+    request: asyncio.Future[_PhoneChannels] = asyncio.get_running_loop().create_future()
+    p._asking = request
+    request.set_result(_PhoneChannels({"ch-1": ("ivanov",)}, frozenset()))
+    p.changed("ch-1")  # the answer is in, _asked has not run yet
+    p._asked(request)
+    assert (await p.snapshot())[0] == frozenset()
+    assert ari.requests == 0
+
+
+async def test_given_two_managers_sharing_a_phone_then_a_call_on_it_makes_both_busy(
+) -> None:
+    ari, clock = FakeAri(), Clock()
+    p = Presence(cast(AriClient, ari), {**PHONES, "pair": "PJSIP/101"}, max_age_s=0.5,
+                 clock=clock)
+    assert (await p.snapshot())[0] == {"ivanov", "pair"}
+    p.changed("ch-1")
+    assert (await p.snapshot())[0] == frozenset()

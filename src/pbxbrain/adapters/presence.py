@@ -30,14 +30,15 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class _PhoneChannels:
-    """Asterisk's answer: each manager's channels (a channel -> its manager too)."""
+    """Asterisk's answer: the managers each channel is on (a phone may be shared)."""
 
-    channels: dict[str, str]  # channel id -> staff id
+    channels: dict[str, tuple[str, ...]]  # channel id -> staff ids of its phone
     offline: frozenset[str]
     error: str = ""
 
     def view(self) -> PresenceView:
-        return PresenceView(frozenset(self.channels.values()), self.offline, self.error)
+        busy = frozenset(s for staff in self.channels.values() for s in staff)
+        return PresenceView(busy, self.offline, self.error)
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +57,9 @@ class Presence:
                  max_age_s: float = 0.5, clock: Callable[[], float] = time.monotonic) -> None:
         """``phones``: staff id -> desk phone dial string (``PJSIP/101``)."""
         self._ari = ari
-        self._phones = dict(phones)
+        self._staff_of_phone: dict[str, tuple[str, ...]] = {}  # two may share a phone
+        for staff_id, phone in phones.items():
+            self._staff_of_phone[phone] = (*self._staff_of_phone.get(phone, ()), staff_id)
         self._reserved: dict[str, str] = {}  # staff id -> call id
         self._max_age = max_age_s
         self._clock = clock
@@ -121,7 +124,13 @@ class Presence:
         if self._asking is done:
             self._asking = None
         if not done.cancelled() and done.exception() is None and not done.result().error:
-            self._asterisk = (self._clock(), done.result())
+            answer = done.result()
+            # A channel that ended between the answer and this callback (a loop turn
+            # later) was only remembered: take it out now (waiters share this answer).
+            for channel_id in self._ended:
+                answer.channels.pop(channel_id, None)
+            self._asterisk = (self._clock(), answer)
+        self._ended = set()
 
     async def _ask_asterisk(self) -> _PhoneChannels:
         self.asked += 1
@@ -132,15 +141,15 @@ class Presence:
                         "pbxbrain's own view only", exc)
             return _PhoneChannels({}, frozenset(), str(exc))
         by_resource = {f"{e.technology}/{e.resource}": e for e in endpoints}
-        channels: dict[str, str] = {}
+        channels: dict[str, tuple[str, ...]] = {}
         offline: set[str] = set()
-        for staff_id, phone in self._phones.items():
+        for phone, staff in self._staff_of_phone.items():
             endpoint = by_resource.get(phone)
             if endpoint is None:
                 continue
             if endpoint.state == "offline":
-                offline.add(staff_id)
+                offline.update(staff)
             for channel_id in endpoint.channel_ids:
                 if channel_id not in self._ended:  # ended while Asterisk was answering
-                    channels[channel_id] = staff_id
+                    channels[channel_id] = staff
         return _PhoneChannels(channels, frozenset(offline))
