@@ -292,7 +292,7 @@ def run_load(box: Sandbox, column: str, rate: float, seconds: float, call_s: flo
     app_cpu0 = cpu_seconds(app_pid) if app_pid else 0.0
     workdir = Path(tempfile.mkdtemp(dir=box.root / "tmp"))
     inside = "/" + str(workdir.relative_to(box.root))
-    numbers = callers_file(workdir / "callers.csv", calls)
+    callers_file(workdir / "callers.csv", calls)
     sipp = ["sipp", "-sf", f"{SCENARIOS_IN_CHROOT}/bench_caller.xml",
             "127.0.0.1:5060", "-i", source, "-s", did, "-inf", "callers.csv",
             "-key", "talk_ms", str(int(call_s * 1000)), "-r", f"{rate:g}", "-m", str(calls),
@@ -317,8 +317,7 @@ def run_load(box: Sandbox, column: str, rate: float, seconds: float, call_s: flo
     if rtts:
         result.answer_ms_p50 = statistics.median(rtts)
         result.answer_ms_p99 = _percentile(rtts, 99)
-    sent = {n: t for n, t in invite_times(list(workdir.glob("*_logs.log"))).items()
-            if n in set(numbers)}
+    sent = invite_times(list(workdir.glob("*_logs.log")))  # this run's callers only
     pdds = post_dial_delays(sent, invite_times(
         list((box.root / PHONE_LOG_DIR.lstrip("/")).glob("*_logs.log"))))
     result.pdd_calls = len(pdds)

@@ -16,7 +16,8 @@ from typing import cast
 import pytest
 
 from pbxbrain.adapters.ari import AriNotFound
-from pbxbrain.adapters.stasis import CallSession, StasisApp, StasisSettings, wav_closed
+from pbxbrain.adapters.recordings import wav_closed
+from pbxbrain.adapters.stasis import CallSession, StasisApp, StasisSettings
 from pbxbrain.domain.model import Direction, InboundCall
 
 

@@ -26,6 +26,13 @@ class SavedRecording:
     duration_s: float | None
 
 
+def wav_closed(data: bytes) -> bool:
+    """True when a WAV file's RIFF header counts all its bytes: Asterisk writes the sizes
+    when it closes the file, so an unfinished recording says 0."""
+    return (len(data) >= 44 and data[:4] == b"RIFF"
+            and int.from_bytes(data[4:8], "little") == len(data) - 8)
+
+
 def repair_wav_header(data: bytes) -> bytes:
     """Fix the RIFF and data sizes of a canonical 44-byte-header WAV when they are wrong.
 
@@ -38,8 +45,7 @@ def repair_wav_header(data: bytes) -> bytes:
         return data
     riff_size = len(data) - 8
     data_size = len(data) - 44
-    if int.from_bytes(data[4:8], "little") == riff_size and int.from_bytes(
-            data[40:44], "little") == data_size:
+    if wav_closed(data) and int.from_bytes(data[40:44], "little") == data_size:
         return data
     return (data[:4] + riff_size.to_bytes(4, "little") + data[8:40]
             + data_size.to_bytes(4, "little") + data[44:])

@@ -55,7 +55,7 @@ from pbxbrain.adapters.ari import (
     StasisStart,
 )
 from pbxbrain.adapters.outbox import called_back_message, missed_call_message
-from pbxbrain.adapters.recordings import RecordingDirectory
+from pbxbrain.adapters.recordings import RecordingDirectory, wav_closed
 from pbxbrain.config import RecordingMethod
 from pbxbrain.domain.model import (
     CallOutcome,
@@ -151,13 +151,6 @@ MIXMONITOR_FORMATS: Final = frozenset({"wav"})
 class _TalkRecording:
     name: str
     mixmonitor: bool  # else ARI's recording of the bridge
-
-
-def wav_closed(data: bytes) -> bool:
-    """True when a WAV file's RIFF header counts all its bytes: Asterisk writes the sizes
-    when it closes the file, so an unfinished recording says 0."""
-    return (len(data) >= 44 and data[:4] == b"RIFF"
-            and int.from_bytes(data[4:8], "little") == len(data) - 8)
 
 
 class CallSession:
@@ -595,7 +588,7 @@ class CallSession:
         """Move a finished recording from Asterisk into pbxbrain's store; True if kept.
 
         ``announced``: ARI's own recording, whose end comes as an event; a MixMonitor
-        file has none, it is complete once Asterisk closed it (see ``_fetch_closed``).
+        file has none, it is complete once Asterisk closed it (see ``_fetched``).
         """
         if announced:
             done = await self._wait_recording_done(name)
@@ -604,8 +597,6 @@ class CallSession:
                                f"{done.recording.cause}")
                 return False
         fmt = self.app.settings.recording_format
-        # A few at a time: when hundreds of calls end together, their files (half a MB a
-        # minute each) would otherwise all sit in memory at once.
         try:
             async with self._fetched(name, fmt, wait_closed=not announced) as (data, closed):
                 saved = await self.app.recordings.save(name, fmt, data, started)
