@@ -19,12 +19,23 @@ from hypothesis import strategies as st
 
 from pbxbrain.config import Config, parse_config
 from pbxbrain.domain.model import CallOutcome, Direction, InboundCall
-from pbxbrain.domain.plan import Facts, Plan, Play, Reject, Ring, RingMode, Skip, Voicemail
+from pbxbrain.domain.plan import (
+    Facts,
+    Plan,
+    Play,
+    Reject,
+    Ring,
+    RingMode,
+    Skip,
+    Target,
+    Voicemail,
+)
 from pbxbrain.domain.routing import (
     ALREADY_RUNG,
     cursor_groups,
     decide,
     explain,
+    plan_to_journal,
     plan_to_json,
 )
 
@@ -650,6 +661,36 @@ def test_given_a_plan_then_its_json_is_plain_data() -> None:
     assert document["unanswered_outcome"] == "missed"
     assert document["fallback"] is False
     assert document["notes"] == list(plan.notes)
+
+
+def test_given_a_small_plan_then_the_journal_keeps_all_of_it() -> None:
+    plan = decide(call(), facts(busy="petrov"), config("[{department: sales}]"), OPEN)
+
+    entry = json.loads(json.dumps(plan_to_journal(plan)))
+
+    assert entry == {
+        "rule": "route", "notes": list(plan.notes), "responsible": plan.responsible,
+        "skipped": {"petrov": "busy"},
+        "steps": plan_to_json(plan)["steps"]}
+
+
+def test_given_a_huge_hunt_list_then_the_journal_keeps_its_head_and_counts_the_rest() -> None:
+    # A round-robin department of 600 made a 38 KB ``routed`` entry for every call.
+    targets = tuple(Target(f"m{i:03d}", f"PJSIP/{i:03d}") for i in range(600))
+    plan = Plan(steps=(Ring(targets, RingMode.SEQUENTIAL, 10, why="department big"),
+                       Voicemail("big", why="route")),
+                line=DID, source=None, rule="route", responsible="m000",
+                skipped=tuple(Skip(f"b{i:02d}", "busy") for i in range(25)))
+
+    entry = plan_to_journal(plan)
+
+    ring, voicemail = entry["steps"]
+    assert [t["staff_id"] for t in ring["targets"]] == [f"m{i:03d}" for i in range(10)]
+    assert ring["more_targets"] == 590
+    assert voicemail == {"kind": "voicemail", "box": "big", "why": "route"}
+    assert list(entry["skipped"]) == [f"b{i:02d}" for i in range(20)]
+    assert entry["more_skipped"] == 5
+    assert len(json.dumps(entry)) < 2000
 
 
 @pytest.mark.parametrize(

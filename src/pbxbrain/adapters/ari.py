@@ -26,6 +26,7 @@ from typing import Any, Final
 from urllib.parse import quote
 
 import aiohttp
+import orjson
 
 log = logging.getLogger(__name__)
 
@@ -458,10 +459,11 @@ class AriClient:
             ) as resp:
                 if resp.status == 204:
                     return None
-                text = await resp.text()
+                raw = await resp.read()
                 if resp.status >= 400:
-                    raise _error(method, path, resp.status, text)
-                return json.loads(text) if text else None
+                    raise _error(method, path, resp.status,
+                                 raw.decode("utf-8", errors="replace"))
+                return orjson.loads(raw) if raw else None
         except (aiohttp.ClientConnectionError, TimeoutError, OSError) as exc:
             raise AriUnavailable(method, path, 0, f"Asterisk unreachable: {_describe(exc)}"
                                  ) from exc
@@ -820,7 +822,7 @@ class AriEventStream:
 
     def _dispatch(self, data: str) -> None:
         try:
-            obj = json.loads(data)
+            obj = orjson.loads(data)
         except ValueError:
             log.warning("ARI sent a non-JSON event, ignored: %.200s", data)
             return

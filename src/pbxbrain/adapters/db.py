@@ -28,6 +28,7 @@ from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any, Final
 
+import orjson
 import sqlalchemy.exc as sa_exc
 from sqlalchemy import (
     JSON,
@@ -294,6 +295,12 @@ def describe_url(url: str | URL) -> str:
         return "<unparsable database URL>"
 
 
+def _json_text(value: object) -> str:
+    """JSON columns' serializer: orjson (several times json's speed), as text for the
+    drivers; keys that are not strings become strings, as ``json.dumps`` makes them."""
+    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
+
+
 def create_engine(
     url: str | URL,
     *,
@@ -315,6 +322,8 @@ def create_engine(
         # Every transaction here ends in COMMIT or ROLLBACK (``SqlAccess._tx``), so the
         # pool's own rollback on check-in would only cost a thread hop per transaction.
         engine = create_async_engine(u, echo=echo, pool_reset_on_return=None,
+                                     json_serializer=_json_text,
+                                     json_deserializer=orjson.loads,
                                      connect_args={"timeout": busy_timeout_ms / 1000})
         _install_sqlite_hooks(engine, busy_timeout_ms)
         return engine
@@ -324,6 +333,8 @@ def create_engine(
         pool_pre_ping=True,
         pool_timeout=connect_timeout * 2,
         pool_recycle=1800,
+        json_serializer=_json_text,
+        json_deserializer=orjson.loads,
         connect_args={
             "timeout": connect_timeout,
             "command_timeout": command_timeout,

@@ -70,7 +70,7 @@ from pbxbrain.domain.model import (
 )
 from pbxbrain.domain.phone import normalize_caller, to_e164
 from pbxbrain.domain.plan import Plan, Play, Reject, Ring, RingMode, Target, Voicemail
-from pbxbrain.domain.routing import step_to_json
+from pbxbrain.domain.routing import plan_to_journal
 from pbxbrain.domain.sla import is_missed, missed_call_for, sla_for
 from pbxbrain.ports import CallStore, ChannelRecorder, PhoneStates
 from pbxbrain.service import Journal, Router
@@ -229,10 +229,7 @@ class CallSession:
             plan, self.contact = await self.app.router.plan(call, self.app.clock())
             self.plan = plan
             self.journal.entered(call, line=plan.line, source=plan.source)
-            self.log_event(EventKind.ROUTED, rule=plan.rule, notes=list(plan.notes),
-                           steps=[step_to_json(s) for s in plan.steps],
-                           skipped={s.staff_id: s.reason for s in plan.skipped},
-                           responsible=plan.responsible)
+            self.log_event(EventKind.ROUTED, **plan_to_journal(plan))
             if plan.fallback:
                 await self.app.rescue(call.channel_id, call.call_id, call.dialed)
                 outcome = CallOutcome.DIALPLAN
