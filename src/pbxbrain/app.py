@@ -26,7 +26,7 @@ from pbxbrain.adapters.click_to_call import ClickToCallService
 from pbxbrain.adapters.crm_builtin import BuiltinCrm
 from pbxbrain.adapters.crm_factory import CachedLookup, make_crm
 from pbxbrain.adapters.crm_store import SqlOutbox
-from pbxbrain.adapters.db import SqlCallStore, create_engine
+from pbxbrain.adapters.db import SqlCallStore, create_engine, dispose_engine
 from pbxbrain.adapters.migrate import migrate
 from pbxbrain.adapters.outbox import OutboxWorker
 from pbxbrain.adapters.presence import Presence
@@ -201,7 +201,7 @@ class Daemon:
         await self.ari.close()
         await self.crm_lookup.close()
         await self.http.close()
-        await self.engine.dispose()
+        await dispose_engine(self.engine)
         log.info("stopped")
 
 

@@ -26,15 +26,14 @@ import csv
 import io
 import json
 import re
-from collections.abc import AsyncIterator, Callable, Collection, Iterable, Mapping, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
-from sqlalchemy import case, func, or_, select, text, update
-from sqlalchemy.engine import RowMapping
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy import bindparam, case, func, or_, select, text, update
+from sqlalchemy.engine import Connection, RowMapping
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from pbxbrain.adapters.crm_store import ContactRow, CrmApplied, SqlAccess, TaskRow
 from pbxbrain.adapters.db import Call
@@ -57,6 +56,8 @@ _MAX_NAME: Final = 255
 _MAX_REF: Final = 128
 _CHUNK: Final = 500
 _OPEN_ONLY = text("status = 'open'")  # the predicate of uq_tasks_open_phone, verbatim
+_FIND_CONTACT: Final = select(ContactRow).where(ContactRow.phone == bindparam("b_phone"))
+_T = TypeVar("_T")
 _YIELD_EVERY: Final = 256  # records validated between two yields to the event loop
 # What no database column can hold: NUL (PostgreSQL refuses it) and lone surrogates (not
 # encodable as UTF-8; JSON can carry them as \ud800).
@@ -99,25 +100,18 @@ class BuiltinCrm(SqlAccess):
 
     # ----------------------------------------------------------------- the Crm port
 
-    @asynccontextmanager
-    async def _crm_tx(self) -> AsyncIterator[AsyncConnection]:
+    async def _crm_run(self, fn: Callable[[Connection], _T], *, write: bool) -> _T:
+        """One transaction of the ``Crm`` port (StoreUnavailable is CrmUnavailable)."""
         try:
-            async with self._tx(write=True) as conn:
-                yield conn
+            return await self._run(fn, write=write)
         except StoreUnavailable as exc:
             raise CrmUnavailable(f"built-in CRM: {exc}") from exc
 
     async def find_contact(self, phone: str) -> Contact | None:
         """The contact of an E.164 number, or None."""
-        try:
-            async with self._tx(write=False) as conn:
-                row = (
-                    (await conn.execute(select(ContactRow).where(ContactRow.phone == phone)))
-                    .mappings()
-                    .first()
-                )
-        except StoreUnavailable as exc:
-            raise CrmUnavailable(f"built-in CRM: {exc}") from exc
+        row = await self._crm_run(
+            lambda conn: conn.execute(_FIND_CONTACT, {"b_phone": phone}).mappings().first(),
+            write=False)
         if row is None:
             return None
         return Contact(
@@ -131,69 +125,72 @@ class BuiltinCrm(SqlAccess):
     async def missed_call(self, missed: MissedCall, key: str) -> None:
         """Contact (when new) and the number's open task, once per ``key``."""
         now = self._clock()
-        async with self._crm_tx() as conn:
-            if not await self._first_time(conn, key, now):
-                return
-            if missed.phone.startswith("+"):
-                contact = self._insert(ContactRow).values(
-                    phone=missed.phone,
-                    name="",
-                    owner=missed.responsible,
-                    source=missed.source,
-                    created_at=now,
-                    updated_at=now,
-                )
-                await conn.execute(
-                    contact.on_conflict_do_update(
-                        index_elements=[ContactRow.phone],
-                        set_={
-                            "owner": func.coalesce(ContactRow.owner, contact.excluded.owner),
-                            "updated_at": now,
-                        },
-                    )
-                )
-            task = self._insert(TaskRow).values(
-                phone=missed.phone,
-                responsible=missed.responsible,
-                due_at=missed.due_at,
-                status=TaskStatus.OPEN.value,
-                misses=1,
-                last_call_id=missed.call_id,
-                created_at=missed.at,
-                last_missed_at=missed.at,
-            )
-            new = task.excluded
-            later = new.last_missed_at >= TaskRow.last_missed_at
-            task_id = (
-                await conn.execute(
-                    task.on_conflict_do_update(
-                        index_elements=[TaskRow.phone],
-                        index_where=_OPEN_ONLY,
-                        set_={
-                            "misses": TaskRow.misses + 1,
-                            "responsible": func.coalesce(TaskRow.responsible, new.responsible),
-                            "due_at": case(
-                                (new.due_at < TaskRow.due_at, new.due_at), else_=TaskRow.due_at
-                            ),
-                            "created_at": case(
-                                (new.created_at < TaskRow.created_at, new.created_at),
-                                else_=TaskRow.created_at,
-                            ),
-                            "last_call_id": case(
-                                (later, new.last_call_id), else_=TaskRow.last_call_id
-                            ),
-                            "last_missed_at": case(
-                                (later, new.last_missed_at), else_=TaskRow.last_missed_at
-                            ),
-                        },
-                    ).returning(TaskRow.id)
-                )
-            ).scalar_one()
-            if missed.phone.startswith("+"):
-                await self._close_if_already_talked(conn, task_id, missed)
+        await self._crm_run(lambda conn: self._missed_call(conn, missed, key, now), write=True)
 
-    async def _first_time(self, conn: AsyncConnection, key: str, now: datetime) -> bool:
-        inserted = await conn.execute(
+    def _missed_call(self, conn: Connection, missed: MissedCall, key: str,
+                     now: datetime) -> None:
+        if not self._first_time(conn, key, now):
+            return
+        if missed.phone.startswith("+"):
+            contact = self._insert(ContactRow).values(
+                phone=missed.phone,
+                name="",
+                owner=missed.responsible,
+                source=missed.source,
+                created_at=now,
+                updated_at=now,
+            )
+            conn.execute(
+                contact.on_conflict_do_update(
+                    index_elements=[ContactRow.phone],
+                    set_={
+                        "owner": func.coalesce(ContactRow.owner, contact.excluded.owner),
+                        "updated_at": now,
+                    },
+                )
+            )
+        task = self._insert(TaskRow).values(
+            phone=missed.phone,
+            responsible=missed.responsible,
+            due_at=missed.due_at,
+            status=TaskStatus.OPEN.value,
+            misses=1,
+            last_call_id=missed.call_id,
+            created_at=missed.at,
+            last_missed_at=missed.at,
+        )
+        new = task.excluded
+        later = new.last_missed_at >= TaskRow.last_missed_at
+        task_id = (
+            conn.execute(
+                task.on_conflict_do_update(
+                    index_elements=[TaskRow.phone],
+                    index_where=_OPEN_ONLY,
+                    set_={
+                        "misses": TaskRow.misses + 1,
+                        "responsible": func.coalesce(TaskRow.responsible, new.responsible),
+                        "due_at": case(
+                            (new.due_at < TaskRow.due_at, new.due_at), else_=TaskRow.due_at
+                        ),
+                        "created_at": case(
+                            (new.created_at < TaskRow.created_at, new.created_at),
+                            else_=TaskRow.created_at,
+                        ),
+                        "last_call_id": case(
+                            (later, new.last_call_id), else_=TaskRow.last_call_id
+                        ),
+                        "last_missed_at": case(
+                            (later, new.last_missed_at), else_=TaskRow.last_missed_at
+                        ),
+                    },
+                ).returning(TaskRow.id)
+            )
+        ).scalar_one()
+        if missed.phone.startswith("+"):
+            self._close_if_already_talked(conn, task_id, missed)
+
+    def _first_time(self, conn: Connection, key: str, now: datetime) -> bool:
+        inserted = conn.execute(
             self._insert(CrmApplied)
             .values(key=key, applied_at=now)
             .on_conflict_do_nothing(index_elements=[CrmApplied.key])
@@ -201,11 +198,11 @@ class BuiltinCrm(SqlAccess):
         )
         return inserted.first() is not None
 
-    async def _close_if_already_talked(
-        self, conn: AsyncConnection, task_id: int, missed: MissedCall
+    def _close_if_already_talked(
+        self, conn: Connection, task_id: int, missed: MissedCall
     ) -> None:
         talk = (
-            await conn.execute(
+            conn.execute(
                 select(Call.answered_at, Call.answered_by)
                 .where(
                     or_(Call.caller == missed.phone, Call.dialed == missed.phone),
@@ -217,15 +214,15 @@ class BuiltinCrm(SqlAccess):
             )
         ).first()
         if talk is not None:
-            await self._close(conn, task_id, talk.answered_at, talk.answered_by, delay=True)
+            self._close(conn, task_id, talk.answered_at, talk.answered_by, delay=True)
 
-    async def _close(
-        self, conn: AsyncConnection, task_id: int, at: datetime, by: str | None, *, delay: bool
+    def _close(
+        self, conn: Connection, task_id: int, at: datetime, by: str | None, *, delay: bool
     ) -> None:
         created = (
-            await conn.execute(select(TaskRow.created_at).where(TaskRow.id == task_id))
+            conn.execute(select(TaskRow.created_at).where(TaskRow.id == task_id))
         ).scalar_one()
-        await conn.execute(
+        conn.execute(
             update(TaskRow)
             .where(TaskRow.id == task_id, TaskRow.status == TaskStatus.OPEN.value)
             .values(
@@ -240,18 +237,20 @@ class BuiltinCrm(SqlAccess):
         self, phone: str, call_id: str, by: str | None, at: datetime, key: str
     ) -> None:
         """Close the number's open task (if any, and if it was missed before ``at``)."""
-        async with self._crm_tx() as conn:
-            if not await self._first_time(conn, key, self._clock()):
+        now = self._clock()
+
+        def called_back(conn: Connection) -> None:
+            if not self._first_time(conn, key, now):
                 return
-            task = (
-                await conn.execute(
-                    select(TaskRow.id, TaskRow.created_at).where(
-                        TaskRow.phone == phone, TaskRow.status == TaskStatus.OPEN.value
-                    )
+            task = conn.execute(
+                select(TaskRow.id, TaskRow.created_at).where(
+                    TaskRow.phone == phone, TaskRow.status == TaskStatus.OPEN.value
                 )
             ).first()
             if task is not None and task.created_at <= at:
-                await self._close(conn, task.id, at, by, delay=True)
+                self._close(conn, task.id, at, by, delay=True)
+
+        await self._crm_run(called_back, write=True)
 
     async def log_call(self, call: CallSummary, recording_url: str | None, key: str) -> None:
         """Nothing to do: the calls table is the built-in CRM's call log."""

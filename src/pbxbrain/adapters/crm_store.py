@@ -162,8 +162,7 @@ class SqlOutbox(SqlAccess):
                 Outbox.next_attempt_at,
             )
         )
-        async with self._tx(write=True) as conn:
-            rows = (await conn.execute(stmt)).all()
+        rows = await self._run(lambda conn: conn.execute(stmt).all(), write=True)
         rows = sorted(rows, key=lambda r: (r.next_attempt_at, r.id))
         return [
             PendingDelivery(
@@ -179,12 +178,12 @@ class SqlOutbox(SqlAccess):
 
     async def delivered(self, delivery_ids: Collection[int], at: datetime) -> None:
         """Mark rows delivered (the first time only) and release their leases."""
-        async with self._tx(write=True) as conn:
-            await conn.execute(
-                update(Outbox)
-                .where(Outbox.id.in_(list(delivery_ids)), Outbox.delivered_at.is_(None))
-                .values(delivered_at=at, last_error=None, claimed_by=None, claimed_until=None)
-            )
+        stmt = (
+            update(Outbox)
+            .where(Outbox.id.in_(list(delivery_ids)), Outbox.delivered_at.is_(None))
+            .values(delivered_at=at, last_error=None, claimed_by=None, claimed_until=None)
+        )
+        await self._run(lambda conn: conn.execute(stmt).rowcount, write=True)
 
     async def delivery_failed(self, delivery_id: int, error: str, retry_at: datetime) -> None:
         """Count a failed attempt, keep its error, schedule the next one, release the lease."""

@@ -1,6 +1,6 @@
 """The database adapter: SQLAlchemy 2 models and ``SqlCallStore``, the ``CallStore`` port.
 
-One code path serves SQLite (aiosqlite, the default) and PostgreSQL (asyncpg). The schema
+One code path serves SQLite (the default) and PostgreSQL (asyncpg). The schema
 itself is created by the Alembic migrations in ``migrations/`` (see ``adapters/migrate.py``);
 the models below describe it for queries and for drift checks, and must match them.
 
@@ -17,16 +17,23 @@ Points worth knowing:
   callers' sticky managers.
 * Connection failures of either driver become ``StoreUnavailable``, naming the database
   without its password.
+* The call path's transactions are functions of a sync ``Connection`` (``SqlAccess._run``):
+  on a SQLite file they run on a thread of their own through the stdlib driver, one hop
+  per transaction; on PostgreSQL (and in-memory SQLite) through the async engine's
+  ``run_sync``. The rest (API queries, imports) use an ``AsyncConnection`` (``_tx``),
+  on aiosqlite for SQLite.
 """
 
 from __future__ import annotations
 
 import asyncio
+import weakref
 from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import orjson
 import sqlalchemy.exc as sa_exc
@@ -41,16 +48,19 @@ from sqlalchemy import (
     Integer,
     MetaData,
     String,
+    Table,
     Text,
     and_,
+    bindparam,
     event,
     or_,
     select,
     text,
     update,
 )
+from sqlalchemy import create_engine as create_sync_engine
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import URL, Connection, RowMapping, make_url
+from sqlalchemy.engine import URL, Connection, Engine, RowMapping, make_url
 from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -83,6 +93,7 @@ __all__ = [
     "as_store_unavailable",
     "create_engine",
     "describe_url",
+    "dispose_engine",
     "normalize_url",
 ]
 
@@ -325,7 +336,9 @@ def create_engine(
                                      json_serializer=_json_text,
                                      json_deserializer=orjson.loads,
                                      connect_args={"timeout": busy_timeout_ms / 1000})
-        _install_sqlite_hooks(engine, busy_timeout_ms)
+        _install_sqlite_hooks(engine.sync_engine, busy_timeout_ms)
+        if not _in_memory(u):
+            _SQLITE_THREADS[engine.sync_engine] = _SqliteThread(u, busy_timeout_ms, echo)
         return engine
     return create_async_engine(
         u,
@@ -343,8 +356,61 @@ def create_engine(
     )
 
 
-def _install_sqlite_hooks(engine: AsyncEngine, busy_timeout_ms: int) -> None:
-    @event.listens_for(engine.sync_engine, "connect")
+def _in_memory(url: URL) -> bool:
+    return url.database in (None, "", ":memory:") or url.query.get("mode") == "memory"
+
+
+class _SqliteThread:
+    """The same SQLite file through the stdlib driver, driven from one thread of its own.
+
+    ``SqlAccess._run`` sends it whole transactions (a function of a sync ``Connection``):
+    one thread hop per transaction, where aiosqlite makes three or four per statement
+    (cursor, execute, fetch, close), each a future, a loop wake-up and a greenlet switch.
+    That hop overhead was half of the database's CPU per call (see docs/architecture.md,
+    Performance). One thread serializes these transactions; they never wait on the event
+    loop, so a writer of the async engine holding the lock is waited for, not deadlocked.
+    """
+
+    def __init__(self, url: URL, busy_timeout_ms: int, echo: bool) -> None:
+        self.engine: Engine = create_sync_engine(
+            url.set(drivername="sqlite+pysqlite"), echo=echo, pool_reset_on_return=None,
+            json_serializer=_json_text, json_deserializer=orjson.loads,
+            connect_args={"timeout": busy_timeout_ms / 1000, "check_same_thread": False})
+        _install_sqlite_hooks(self.engine, busy_timeout_ms)
+        self.writer = self.engine.execution_options(**{SQLITE_BEGIN_OPTION: "IMMEDIATE"})
+        self.executor = ThreadPoolExecutor(1, thread_name_prefix="pbxbrain-sqlite")
+
+    async def run(self, fn: Callable[[Connection], _T], *, write: bool) -> _T:
+        return await asyncio.get_running_loop().run_in_executor(
+            self.executor, self._transaction, fn, write)
+
+    def _transaction(self, fn: Callable[[Connection], _T], write: bool) -> _T:
+        with (self.writer if write else self.engine).begin() as conn:
+            return fn(conn)
+
+    async def close(self) -> None:
+        """Close the connections on the thread itself, after the transactions queued."""
+        await asyncio.get_running_loop().run_in_executor(self.executor, self.engine.dispose)
+        self.executor.shutdown(wait=False)
+
+
+_T = TypeVar("_T")
+# The SQLite thread of each engine made by ``create_engine`` (none for PostgreSQL and
+# in-memory databases); dropped with the engine.
+_SQLITE_THREADS: Final[weakref.WeakKeyDictionary[Engine, _SqliteThread]] = (
+    weakref.WeakKeyDictionary())
+
+
+async def dispose_engine(engine: AsyncEngine) -> None:
+    """Close an engine's pooled connections, and its SQLite thread if it has one."""
+    thread = _SQLITE_THREADS.pop(engine.sync_engine, None)
+    if thread is not None:
+        await thread.close()
+    await engine.dispose()
+
+
+def _install_sqlite_hooks(engine: Engine, busy_timeout_ms: int) -> None:
+    @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: DBAPIConnection, _record: ConnectionPoolEntry) -> None:
         # Stop the driver from issuing its own (deferred, DML-only) BEGIN: see _on_begin.
         dbapi_conn.isolation_level = None
@@ -372,7 +438,7 @@ def _install_sqlite_hooks(engine: AsyncEngine, busy_timeout_ms: int) -> None:
         finally:
             cursor.close()
 
-    @event.listens_for(engine.sync_engine, "begin")
+    @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
         mode = conn.get_execution_options().get(SQLITE_BEGIN_OPTION, "DEFERRED")
         conn.exec_driver_sql(f"BEGIN {mode}")
@@ -442,15 +508,31 @@ def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-#: The connection of the ``SqlCallStore.batch`` running in this task, if any.
-_BATCH: ContextVar[AsyncConnection | None] = ContextVar("pbxbrain_db_batch", default=None)
+def _ignore(_result: object) -> None:
+    """A write's result, not wanted."""
+
+
+def _each(writes: Sequence[Callable[[Connection], None]], conn: Connection) -> None:
+    for write in writes:
+        write(conn)
+
+
+#: The writes deferred by the ``SqlAccess.batch`` running in this task, if any.
+_BATCH: ContextVar[list[Callable[[Connection], None]] | None] = ContextVar(
+    "pbxbrain_db_batch", default=None)
 
 
 class SqlAccess:
     """Transactions on a pbxbrain engine, the rules every SQL adapter shares: writers take
     SQLite's write lock up front (BEGIN IMMEDIATE); connection failures are
     StoreUnavailable; a value that cannot be bound is the ValueError/TypeError it is; and
-    inside a ``batch()`` every write joins the batch's transaction."""
+    inside a ``batch()`` every deferrable write joins the batch's transaction.
+
+    Two ways to run a transaction: ``_run`` (a function of a sync ``Connection``, for the
+    call path: on a SQLite file one thread hop for the whole transaction, on PostgreSQL
+    the same function through ``run_sync``) and ``_tx`` (an ``AsyncConnection``, for the
+    rest: API queries, imports).
+    """
 
     def __init__(self, engine: AsyncEngine, *, clock: Callable[[], datetime] = _utcnow) -> None:
         self._engine = engine
@@ -461,6 +543,7 @@ class SqlAccess:
             if self._dialect == "sqlite"
             else engine
         )
+        self._thread = _SQLITE_THREADS.get(engine.sync_engine)
 
     @property
     def engine(self) -> AsyncEngine:
@@ -469,50 +552,99 @@ class SqlAccess:
 
     @asynccontextmanager
     async def batch(self) -> AsyncIterator[None]:
-        """Run the writes made inside this block in one transaction.
+        """Run the writes made inside this block in one transaction, at its end.
 
-        Any error undoes the whole batch: the caller retries it after an outage, or writes
+        Only deferrable writes (``_batchable_write``) may be made inside; they return at once, and
+        their errors (LookupError, StoreUnavailable…) are raised by the block's end. Any
+        error undoes the whole batch: the caller retries it after an outage, or writes
         its entries one by one to find the one the database refuses. The journal writer
         uses it: one commit for many journal entries.
         """
-        async with self._tx(write=True) as conn:
-            token = _BATCH.set(conn)
-            try:
-                yield
-            finally:
-                _BATCH.reset(token)
+        if _BATCH.get() is not None:
+            raise RuntimeError("batch() inside a batch")
+        writes: list[Callable[[Connection], None]] = []
+        token = _BATCH.set(writes)
+        try:
+            yield
+        finally:
+            _BATCH.reset(token)
+        if writes:
+            await self._run(lambda conn: _each(writes, conn), write=True)
+
+    async def _batchable_write(self, fn: Callable[[Connection], None]) -> None:
+        """A write that returns nothing: deferred to the end of the running ``batch()``,
+        else run now in its own transaction."""
+        writes = _BATCH.get()
+        if writes is not None:
+            writes.append(fn)
+            return
+        await self._run(fn, write=True)
+
+    async def _run(self, fn: Callable[[Connection], _T], *, write: bool) -> _T:
+        """Run ``fn`` in one transaction and return what it returns."""
+        if _BATCH.get() is not None:
+            raise RuntimeError("only deferrable writes (_batchable_write) may run inside a batch()")
+        try:
+            if self._thread is not None:
+                return await self._thread.run(fn, write=write)
+            async with (self._writer if write else self._engine).begin() as conn:
+                return await conn.run_sync(fn)
+        except Exception as exc:
+            translated = self._translated(exc)
+            if translated is exc:
+                raise
+            raise translated from exc
 
     @asynccontextmanager
     async def _tx(self, *, write: bool) -> AsyncIterator[AsyncConnection]:
+        if _BATCH.get() is not None:
+            raise RuntimeError("only deferrable writes (_batchable_write) may run inside a batch()")
         engine = self._writer if write else self._engine
-        shared = _BATCH.get()
         try:
-            if shared is not None:
-                yield shared
-                return
             async with engine.begin() as conn:
                 yield conn
-        except sa_exc.StatementError as exc:
-            # A value the statement could not bind (naive datetime, payload that is not
-            # JSON): the caller's bug, raised as the ValueError/TypeError it is.
-            if not isinstance(exc, sa_exc.DBAPIError) and isinstance(
-                exc.orig, ValueError | TypeError
-            ):
-                raise exc.orig from exc
-            unavailable = as_store_unavailable(exc, self._engine.url)
-            if unavailable is None:
-                raise
-            raise unavailable from exc
         except Exception as exc:
-            unavailable = as_store_unavailable(exc, self._engine.url)
-            if unavailable is None or unavailable is exc:
+            translated = self._translated(exc)
+            if translated is exc:
                 raise
-            raise unavailable from exc
+            raise translated from exc
 
-    def _insert(self, table: type[Base]) -> postgresql.Insert | sqlite.Insert:
+    def _translated(self, exc: Exception) -> Exception:
+        """What a failed transaction raises: a value the statement could not bind (naive
+        datetime, payload that is not JSON) is the caller's bug, raised as the
+        ValueError/TypeError it is; a connection failure is StoreUnavailable; anything
+        else is itself."""
+        if (isinstance(exc, sa_exc.StatementError) and not isinstance(exc, sa_exc.DBAPIError)
+                and isinstance(exc.orig, ValueError | TypeError)):
+            return exc.orig
+        unavailable = as_store_unavailable(exc, self._engine.url)
+        return exc if unavailable is None else unavailable
+
+    def _insert(self, table: type[Base] | Table) -> postgresql.Insert | sqlite.Insert:
         if self._dialect == "postgresql":
             return postgresql.insert(table)
         return sqlite.insert(table)
+
+
+def _table(model: type[Base]) -> Table:
+    table = model.__table__
+    assert isinstance(table, Table)
+    return table
+
+
+_CALLS = _table(Call).c
+_MARK_ANSWERED: Final = (
+    update(_table(Call))
+    .where(_CALLS.id == bindparam("b_id"), _CALLS.answered_at.is_(None))
+    .values(answered_at=bindparam("b_at", type_=UtcDateTime()), answered_by=bindparam("b_by"))
+)
+_CLOSE_CALL: Final = (
+    update(_table(Call))
+    .where(_CALLS.id == bindparam("b_id"), _CALLS.outcome.is_(None))
+    .values(outcome=bindparam("b_outcome"), ended_at=bindparam("b_ended", type_=UtcDateTime()))
+    .returning(_CALLS.id)
+)
+_CALL_EXISTS: Final = select(_CALLS.id).where(_CALLS.id == bindparam("b_id"))
 
 
 class SqlCallStore(SqlAccess):
@@ -533,6 +665,10 @@ class SqlCallStore(SqlAccess):
     ) -> None:
         super().__init__(engine, clock=clock)
         self._ping_timeout = ping_timeout
+        # Built once: building a statement per call cost as much as running it.
+        self._insert_event = self._insert(_table(CallEvent))
+        self._insert_outbox = self._insert(_table(Outbox)).on_conflict_do_nothing(
+            index_elements=[_table(Outbox).c.key])
 
     @classmethod
     def from_url(cls, url: str, **engine_kwargs: Any) -> SqlCallStore:
@@ -540,8 +676,8 @@ class SqlCallStore(SqlAccess):
         return cls(create_engine(url, **engine_kwargs))
 
     async def close(self) -> None:
-        """Close the engine's pooled connections."""
-        await self._engine.dispose()
+        """Close the engine's pooled connections (and its SQLite thread)."""
+        await dispose_engine(self._engine)
 
     # ----------------------------------------------------------------- health
 
@@ -593,52 +729,43 @@ class SqlCallStore(SqlAccess):
             data["line"] = line
         if source is not None:
             data["source"] = source
-        async with self._tx(write=True) as conn:
-            inserted = (await conn.execute(stmt)).first()
-            if inserted is None:
-                return
-            await conn.execute(
-                self._insert(CallEvent).values(
-                    call_id=call.call_id, at=call.at, kind=EventKind.ENTERED.value, data=data
-                )
-            )
+
+        def write(conn: Connection) -> None:
+            if conn.execute(stmt).first() is not None:
+                conn.execute(self._insert_event, [{"call_id": call.call_id, "at": call.at,
+                                                   "kind": EventKind.ENTERED.value,
+                                                   "data": data}])
+
+        await self._batchable_write(write)
 
     async def append(self, entry: JournalEntry) -> None:
         """Add one journal entry to a call; LookupError when the call is unknown."""
-        try:
-            async with self._tx(write=True) as conn:
-                await conn.execute(
-                    self._insert(CallEvent).values(
-                        call_id=entry.call_id,
-                        at=entry.at,
-                        kind=entry.kind.value,
-                        data=dict(entry.data),
-                    )
-                )
-        except sa_exc.IntegrityError as exc:
-            raise LookupError(f"no call {entry.call_id!r} to journal {entry.kind}") from exc
+        await self.append_many([entry])
 
     async def append_many(self, entries: Sequence[JournalEntry]) -> None:
-        """Add journal entries in one INSERT (the journal writer's batches)."""
+        """Add journal entries in one INSERT (the journal writer's batches); LookupError
+        when one names an unknown call."""
         if not entries:
             return
         rows = [{"call_id": e.call_id, "at": e.at, "kind": e.kind.value, "data": dict(e.data)}
                 for e in entries]
-        try:
-            async with self._tx(write=True) as conn:
-                await conn.execute(self._insert(CallEvent), rows)
-        except sa_exc.IntegrityError as exc:
-            raise LookupError(f"a journal entry names an unknown call (one of "
-                              f"{sorted({e.call_id for e in entries})})") from exc
+
+        def write(conn: Connection) -> None:
+            try:
+                conn.execute(self._insert_event, rows)
+            except sa_exc.IntegrityError as exc:
+                if len(entries) == 1:
+                    raise LookupError(f"no call {entries[0].call_id!r} to journal "
+                                      f"{entries[0].kind}") from exc
+                raise LookupError(f"a journal entry names an unknown call (one of "
+                                  f"{sorted({e.call_id for e in entries})})") from exc
+
+        await self._batchable_write(write)
 
     async def mark_answered(self, call_id: str, at: datetime, by: str | None) -> None:
         """Record who answered and when (first answer wins; later calls are ignored)."""
-        async with self._tx(write=True) as conn:
-            await conn.execute(
-                update(Call)
-                .where(Call.id == call_id, Call.answered_at.is_(None))
-                .values(answered_at=at, answered_by=by)
-            )
+        params = {"b_id": call_id, "b_at": at, "b_by": by}
+        await self._batchable_write(lambda conn: _ignore(conn.execute(_MARK_ANSWERED, params)))
 
     async def close_call(
         self,
@@ -657,41 +784,26 @@ class SqlCallStore(SqlAccess):
         Raises LookupError when the call is unknown (nothing is written).
         """
         now = self._clock()
-        async with self._tx(write=True) as conn:
+        ended = {"call_id": call_id, "at": ended_at, "kind": EventKind.ENDED.value,
+                 "data": {**(data or {}), "outcome": outcome.value}}
+        rows = [{"key": msg.key, "kind": msg.kind,
+                 "call_id": msg.call_id if msg.call_id is not None else call_id,
+                 "payload": dict(msg.payload), "created_at": now, "attempts": 0,
+                 "next_attempt_at": ended_at} for msg in outbox]
+
+        def write(conn: Connection) -> None:
             # The UPDATE is the guard: only one closer can move the outcome off NULL.
-            closed = await conn.execute(
-                update(Call)
-                .where(Call.id == call_id, Call.outcome.is_(None))
-                .values(outcome=outcome.value, ended_at=ended_at)
-                .returning(Call.id)
-            )
+            closed = conn.execute(_CLOSE_CALL, {"b_id": call_id, "b_outcome": outcome.value,
+                                                "b_ended": ended_at})
             if closed.first() is None:
-                exists = await conn.execute(select(Call.id).where(Call.id == call_id))
-                if exists.first() is None:
+                if conn.execute(_CALL_EXISTS, {"b_id": call_id}).first() is None:
                     raise LookupError(f"no call {call_id!r} to close")
                 return
-            await conn.execute(
-                self._insert(CallEvent).values(
-                    call_id=call_id,
-                    at=ended_at,
-                    kind=EventKind.ENDED.value,
-                    data={**(data or {}), "outcome": outcome.value},
-                )
-            )
-            for msg in outbox:
-                await conn.execute(
-                    self._insert(Outbox)
-                    .values(
-                        key=msg.key,
-                        kind=msg.kind,
-                        call_id=msg.call_id if msg.call_id is not None else call_id,
-                        payload=dict(msg.payload),
-                        created_at=now,
-                        attempts=0,
-                        next_attempt_at=ended_at,
-                    )
-                    .on_conflict_do_nothing(index_elements=[Outbox.key])
-                )
+            conn.execute(self._insert_event, [ended])
+            for row in rows:  # one by one: the same key twice in one call keeps the first
+                conn.execute(self._insert_outbox, row)
+
+        await self._batchable_write(write)
 
     async def get_call(self, call_id: str) -> CallSummary | None:
         """One call, or None."""
@@ -798,22 +910,22 @@ class SqlCallStore(SqlAccess):
             )
             .on_conflict_do_nothing(index_elements=[Recording.id])
         )
-        try:
-            async with self._tx(write=True) as conn:
-                await conn.execute(stmt)
-        except sa_exc.IntegrityError as exc:
-            raise LookupError(f"no call {rec.call_id!r} for recording") from exc
+
+        def write(conn: Connection) -> None:
+            try:
+                conn.execute(stmt)
+            except sa_exc.IntegrityError as exc:
+                raise LookupError(f"no call {rec.call_id!r} for recording") from exc
+
+        await self._batchable_write(write)
 
     async def finish_recording(
         self, recording_id: str, duration_s: float | None, size_bytes: int | None
     ) -> None:
         """Set a finished recording's duration and size (unknown ids are ignored)."""
-        async with self._tx(write=True) as conn:
-            await conn.execute(
-                update(Recording)
-                .where(Recording.id == recording_id)
-                .values(duration_s=duration_s, size_bytes=size_bytes)
-            )
+        stmt = (update(Recording).where(Recording.id == recording_id)
+                .values(duration_s=duration_s, size_bytes=size_bytes))
+        await self._batchable_write(lambda conn: _ignore(conn.execute(stmt)))
 
     async def recordings(self, call_id: str) -> list[RecordingInfo]:
         """A call's recordings, in the order they started."""
@@ -863,18 +975,18 @@ class SqlCallStore(SqlAccess):
             )
             .returning(RrCursor.position)
         )
-        async with self._tx(write=True) as conn:
-            next_position = (await conn.execute(stmt)).scalar_one()
+        next_position = await self._run(lambda conn: conn.execute(stmt).scalar_one(),
+                                        write=True)
         return int(next_position - 1) % size
 
     # ----------------------------------------------------------------- sticky managers
 
     async def manager_of(self, phone: str) -> str | None:
         """The manager assigned to caller ``phone`` (E.164) by the sticky strategy."""
-        async with self._tx(write=False) as conn:
-            found = await conn.execute(
-                select(CallerManager.staff_id).where(CallerManager.phone == phone))
-            return found.scalar_one_or_none()
+        stmt = select(CallerManager.staff_id).where(CallerManager.phone == phone)
+        found: str | None = await self._run(
+            lambda conn: conn.execute(stmt).scalar_one_or_none(), write=False)
+        return found
 
     async def remember_manager(self, phone: str, staff_id: str, call_id: str,
                                at: datetime) -> None:
@@ -882,8 +994,7 @@ class SqlCallStore(SqlAccess):
         values = {"staff_id": staff_id, "call_id": call_id, "assigned_at": at}
         stmt = (self._insert(CallerManager).values(phone=phone, **values)
                 .on_conflict_do_update(index_elements=[CallerManager.phone], set_=values))
-        async with self._tx(write=True) as conn:
-            await conn.execute(stmt)
+        await self._batchable_write(lambda conn: _ignore(conn.execute(stmt)))
 
 
 def _recording(row: RowMapping) -> RecordingInfo:
