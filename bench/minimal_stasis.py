@@ -64,8 +64,7 @@ class Minimal:
         with contextlib.suppress(AriError, AmiError):
             await self.ari.answer(caller)
             await self.ari.create_bridge(bridge)
-            await self.ari.add_channel(bridge, caller)
-            await self.ari.add_channel(bridge, leg)
+            await self.ari.add_channels(bridge, caller, leg)
             await self.ami.mix_monitor(caller, f"/var/spool/asterisk/recording/{bridge}.wav")
 
     async def gone(self, channel: str) -> None:

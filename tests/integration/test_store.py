@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import sqlite3
 import threading
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -608,3 +610,68 @@ async def test_given_migrations_env_override_then_it_is_used(
     monkeypatch.setenv(MIGRATIONS_ENV, str(tmp_path))
     with pytest.raises(FileNotFoundError, match=MIGRATIONS_ENV):
         migrations_dir()
+
+
+# -- the SQLite file's own threads (SqlAccess._run) --------------------------------------
+
+
+@pytest.fixture
+async def sqlite_file(tmp_path: Path) -> AsyncIterator[tuple[SqlCallStore, Path]]:
+    """A migrated SQLite file and a store on it (busy_timeout 3 s)."""
+    path = tmp_path / "threads.db"
+    await migrate(f"sqlite+aiosqlite:///{path}")
+    store = SqlCallStore(create_engine(f"sqlite+aiosqlite:///{path}", busy_timeout_ms=3000))
+    yield store, path
+    await store.close()
+
+
+@contextlib.contextmanager
+def write_lock_held(path: Path) -> Iterator[None]:
+    """Another connection holds the file's write lock (an import, another process)."""
+    other = sqlite3.connect(path, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        yield
+        other.execute("ROLLBACK")
+    finally:
+        other.close()
+
+
+async def test_given_a_writer_waiting_for_the_lock_then_reads_still_answer(
+    sqlite_file: tuple[SqlCallStore, Path],
+) -> None:
+    store, path = sqlite_file
+    await store.remember_manager("+79161234567", "ivanov", "c0", T0)
+    with write_lock_held(path):
+        waiting = asyncio.create_task(store.open_call(inbound("c1")))
+        # The write waits for the lock (up to busy_timeout, 3 s); the call path's reads
+        # must not wait behind it.
+        assert await asyncio.wait_for(store.manager_of("+79161234567"), 2) == "ivanov"
+        assert not waiting.done()
+    await waiting
+    assert await store.get_call("c1") is not None
+
+
+async def test_given_a_write_given_up_on_then_it_is_rolled_back(
+    sqlite_file: tuple[SqlCallStore, Path],
+) -> None:
+    # The router gives the cursor 0.5 s and then picks from memory: the advance it gave
+    # up on must not be taken later, or the next caller skips a manager.
+    store, path = sqlite_file
+    with write_lock_held(path), pytest.raises(TimeoutError):
+        await asyncio.wait_for(store.advance_cursor("sales", 3), 0.3)
+
+    assert [await store.advance_cursor("sales", 3) for _ in range(3)] == [0, 1, 2]
+
+
+async def test_given_a_closed_store_then_it_reconnects_when_used_again(
+    sqlite_file: tuple[SqlCallStore, Path],
+) -> None:
+    store, _ = sqlite_file
+    await store.open_call(inbound("c1"))
+    await store.close()
+
+    await store.append(JournalEntry("c1", T0, EventKind.RINGING, {"staff": "ivanov"}))
+
+    assert [e.kind for e in await store.journal("c1")] == [EventKind.ENTERED,
+                                                           EventKind.RINGING]

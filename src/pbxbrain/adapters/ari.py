@@ -604,11 +604,10 @@ class AriClient:
             await self.request("POST", f"/bridges/{_q(bridge_id)}", params=params)
         )
 
-    async def add_channel(self, bridge_id: str, channel_id: str) -> None:
-        """Put a channel into a bridge."""
-        await self.request(
-            "POST", f"/bridges/{_q(bridge_id)}/addChannel", params={"channel": channel_id}
-        )
+    async def add_channels(self, bridge_id: str, *channel_ids: str) -> None:
+        """Put channels into a bridge, in one request (none is added when one is gone)."""
+        await self.request("POST", f"/bridges/{_q(bridge_id)}/addChannel",
+                           params={"channel": ",".join(channel_ids)})
 
     async def remove_channel(self, bridge_id: str, channel_id: str) -> None:
         """Take a channel out of a bridge."""

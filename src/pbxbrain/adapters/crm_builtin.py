@@ -36,7 +36,7 @@ from sqlalchemy.engine import Connection, RowMapping
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from pbxbrain.adapters.crm_store import ContactRow, CrmApplied, SqlAccess, TaskRow
-from pbxbrain.adapters.db import Call
+from pbxbrain.adapters.db import Call, table_of
 from pbxbrain.domain.model import (
     CallSummary,
     Contact,
@@ -57,6 +57,8 @@ _MAX_REF: Final = 128
 _CHUNK: Final = 500
 _OPEN_ONLY = text("status = 'open'")  # the predicate of uq_tasks_open_phone, verbatim
 _FIND_CONTACT: Final = select(ContactRow).where(ContactRow.phone == bindparam("b_phone"))
+_OPEN_TASK: Final = select(TaskRow.id, TaskRow.created_at).where(
+    TaskRow.phone == bindparam("b_phone"), TaskRow.status == TaskStatus.OPEN.value)
 _T = TypeVar("_T")
 _YIELD_EVERY: Final = 256  # records validated between two yields to the event loop
 # What no database column can hold: NUL (PostgreSQL refuses it) and lone surrogates (not
@@ -95,6 +97,9 @@ class BuiltinCrm(SqlAccess):
         clock: Callable[[], datetime] = _utcnow,
     ) -> None:
         super().__init__(engine, clock=clock)
+        applied = table_of(CrmApplied)
+        self._insert_applied = self._insert(applied).on_conflict_do_nothing(
+            index_elements=[applied.c.key]).returning(applied.c.key)
         self._staff = frozenset(staff) if staff is not None else None
         self._region = default_region or "ZZ"
 
@@ -190,12 +195,7 @@ class BuiltinCrm(SqlAccess):
             self._close_if_already_talked(conn, task_id, missed)
 
     def _first_time(self, conn: Connection, key: str, now: datetime) -> bool:
-        inserted = conn.execute(
-            self._insert(CrmApplied)
-            .values(key=key, applied_at=now)
-            .on_conflict_do_nothing(index_elements=[CrmApplied.key])
-            .returning(CrmApplied.key)
-        )
+        inserted = conn.execute(self._insert_applied, {"key": key, "applied_at": now})
         return inserted.first() is not None
 
     def _close_if_already_talked(
@@ -242,11 +242,7 @@ class BuiltinCrm(SqlAccess):
         def called_back(conn: Connection) -> None:
             if not self._first_time(conn, key, now):
                 return
-            task = conn.execute(
-                select(TaskRow.id, TaskRow.created_at).where(
-                    TaskRow.phone == phone, TaskRow.status == TaskStatus.OPEN.value
-                )
-            ).first()
+            task = conn.execute(_OPEN_TASK, {"b_phone": phone}).first()
             if task is not None and task.created_at <= at:
                 self._close(conn, task.id, at, by, delay=True)
 

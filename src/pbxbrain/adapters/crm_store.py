@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Collection
 from datetime import datetime, timedelta
+from functools import cached_property
 from typing import Final
 
 from sqlalchemy import (
@@ -32,6 +33,7 @@ from sqlalchemy import (
     Integer,
     String,
     and_,
+    bindparam,
     case,
     func,
     or_,
@@ -41,6 +43,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.sql.expression import Executable
 
 from pbxbrain.adapters.db import (
     Base,
@@ -48,6 +51,7 @@ from pbxbrain.adapters.db import (
     Outbox,
     SqlAccess,
     UtcDateTime,
+    table_of,
 )
 from pbxbrain.domain.model import DeliveryFailure, PendingDelivery
 
@@ -122,8 +126,45 @@ class CrmApplied(Base):
 # --------------------------------------------------------------------------- the outbox
 
 
+_DELIVERED: Final = (
+    update(table_of(Outbox))
+    .where(table_of(Outbox).c.id.in_(bindparam("b_ids", expanding=True)),
+           table_of(Outbox).c.delivered_at.is_(None))
+    .values(delivered_at=bindparam("b_at", type_=UtcDateTime()), last_error=None,
+            claimed_by=None, claimed_until=None)
+)
+
+
 class SqlOutbox(SqlAccess):
     """``OutboxStore`` over the ``outbox`` table (rows are written by ``SqlCallStore``)."""
+
+    @cached_property
+    def _claim(self) -> Executable:
+        """The claiming statement, built once: the outbox worker claims every few hundred
+        milliseconds under load."""
+        outbox = table_of(Outbox).c
+        now = bindparam("b_now", type_=UtcDateTime())
+        due = (
+            select(outbox.id)
+            .where(
+                outbox.delivered_at.is_(None),
+                outbox.failed_at.is_(None),
+                outbox.next_attempt_at <= now,
+                or_(outbox.claimed_until.is_(None), outbox.claimed_until <= now),
+            )
+            .order_by(outbox.next_attempt_at, outbox.id)
+            .limit(bindparam("b_limit", type_=Integer()))
+        )
+        if self._dialect == "postgresql":
+            due = due.with_for_update(skip_locked=True)
+        return (
+            update(table_of(Outbox))
+            .where(outbox.id.in_(due.scalar_subquery()))
+            .values(claimed_by=bindparam("b_node"),
+                    claimed_until=bindparam("b_until", type_=UtcDateTime()))
+            .returning(outbox.id, outbox.key, outbox.kind, outbox.payload, outbox.attempts,
+                       outbox.call_id, outbox.next_attempt_at)
+        )
 
     async def claim_deliveries(
         self, node: str, now: datetime, limit: int = 20, lease_s: float = 120.0
@@ -135,34 +176,10 @@ class SqlOutbox(SqlAccess):
         """
         if limit <= 0:
             return []
-        due = (
-            select(Outbox.id)
-            .where(
-                Outbox.delivered_at.is_(None),
-                Outbox.failed_at.is_(None),
-                Outbox.next_attempt_at <= now,
-                or_(Outbox.claimed_until.is_(None), Outbox.claimed_until <= now),
-            )
-            .order_by(Outbox.next_attempt_at, Outbox.id)
-            .limit(limit)
-        )
-        if self._dialect == "postgresql":
-            due = due.with_for_update(skip_locked=True)
-        stmt = (
-            update(Outbox)
-            .where(Outbox.id.in_(due.scalar_subquery()))
-            .values(claimed_by=node, claimed_until=now + timedelta(seconds=lease_s))
-            .returning(
-                Outbox.id,
-                Outbox.key,
-                Outbox.kind,
-                Outbox.payload,
-                Outbox.attempts,
-                Outbox.call_id,
-                Outbox.next_attempt_at,
-            )
-        )
-        rows = await self._run(lambda conn: conn.execute(stmt).all(), write=True)
+        params = {"b_now": now, "b_limit": limit, "b_node": node,
+                  "b_until": now + timedelta(seconds=lease_s)}
+        rows = await self._run(lambda conn: conn.execute(self._claim, params).all(),
+                               write=True)
         rows = sorted(rows, key=lambda r: (r.next_attempt_at, r.id))
         return [
             PendingDelivery(
@@ -178,12 +195,8 @@ class SqlOutbox(SqlAccess):
 
     async def delivered(self, delivery_ids: Collection[int], at: datetime) -> None:
         """Mark rows delivered (the first time only) and release their leases."""
-        stmt = (
-            update(Outbox)
-            .where(Outbox.id.in_(list(delivery_ids)), Outbox.delivered_at.is_(None))
-            .values(delivered_at=at, last_error=None, claimed_by=None, claimed_until=None)
-        )
-        await self._run(lambda conn: conn.execute(stmt).rowcount, write=True)
+        params = {"b_ids": list(delivery_ids), "b_at": at}
+        await self._run(lambda conn: conn.execute(_DELIVERED, params).rowcount, write=True)
 
     async def delivery_failed(self, delivery_id: int, error: str, retry_at: datetime) -> None:
         """Count a failed attempt, keep its error, schedule the next one, release the lease."""

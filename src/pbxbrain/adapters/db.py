@@ -27,6 +27,7 @@ Points worth knowing:
 from __future__ import annotations
 
 import asyncio
+import threading
 import weakref
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -95,6 +96,7 @@ __all__ = [
     "describe_url",
     "dispose_engine",
     "normalize_url",
+    "table_of",
 ]
 
 SQLITE_DRIVER: Final = "sqlite+aiosqlite"
@@ -361,14 +363,16 @@ def _in_memory(url: URL) -> bool:
 
 
 class _SqliteThread:
-    """The same SQLite file through the stdlib driver, driven from one thread of its own.
+    """The same SQLite file through the stdlib driver, driven from threads of its own.
 
     ``SqlAccess._run`` sends it whole transactions (a function of a sync ``Connection``):
     one thread hop per transaction, where aiosqlite makes three or four per statement
     (cursor, execute, fetch, close), each a future, a loop wake-up and a greenlet switch.
     That hop overhead was half of the database's CPU per call (see docs/architecture.md,
-    Performance). One thread serializes these transactions; they never wait on the event
-    loop, so a writer of the async engine holding the lock is waited for, not deadlocked.
+    Performance). Writers share one thread (SQLite has one writer anyway), readers another,
+    so that a writer waiting for the lock (an import holding it) does not hold up the call
+    path's reads. A transaction never waits on the event loop, so a writer of the async
+    engine holding the lock is waited for (``busy_timeout``), not deadlocked.
     """
 
     def __init__(self, url: URL, busy_timeout_ms: int, echo: bool) -> None:
@@ -378,32 +382,59 @@ class _SqliteThread:
             connect_args={"timeout": busy_timeout_ms / 1000, "check_same_thread": False})
         _install_sqlite_hooks(self.engine, busy_timeout_ms)
         self.writer = self.engine.execution_options(**{SQLITE_BEGIN_OPTION: "IMMEDIATE"})
-        self.executor = ThreadPoolExecutor(1, thread_name_prefix="pbxbrain-sqlite")
+        self._threads: dict[bool, ThreadPoolExecutor] = {}
+
+    def _thread(self, write: bool) -> ThreadPoolExecutor:
+        thread = self._threads.get(write)
+        if thread is None:  # first use, or used again after close(): as the pool reconnects
+            thread = self._threads[write] = ThreadPoolExecutor(
+                1, thread_name_prefix="pbxbrain-sqlite-" + ("writer" if write else "reader"))
+        return thread
 
     async def run(self, fn: Callable[[Connection], _T], *, write: bool) -> _T:
-        return await asyncio.get_running_loop().run_in_executor(
-            self.executor, self._transaction, fn, write)
+        abandoned = threading.Event()
+        try:
+            return await asyncio.get_running_loop().run_in_executor(
+                self._thread(write), self._transaction, fn, write, abandoned)
+        except asyncio.CancelledError:
+            # A caller that gave up (a timeout, a stop) gets a rollback, as an awaited
+            # transaction would: a round-robin step given up on must not be taken later.
+            abandoned.set()
+            raise
 
-    def _transaction(self, fn: Callable[[Connection], _T], write: bool) -> _T:
+    def _transaction(self, fn: Callable[[Connection], _T], write: bool,
+                     abandoned: threading.Event) -> _T:
         with (self.writer if write else self.engine).begin() as conn:
-            return fn(conn)
+            result = fn(conn)
+            if abandoned.is_set():
+                raise _Abandoned
+            return result
 
     async def close(self) -> None:
-        """Close the connections on the thread itself, after the transactions queued."""
-        await asyncio.get_running_loop().run_in_executor(self.executor, self.engine.dispose)
-        self.executor.shutdown(wait=False)
+        """Close the connections after the transactions queued, and stop the threads."""
+        threads, self._threads = self._threads, {}
+        loop = asyncio.get_running_loop()
+        for thread in threads.values():
+            await loop.run_in_executor(thread, self.engine.dispose)
+            thread.shutdown(wait=False)
+        self.engine.dispose()
+
+
+class _Abandoned(Exception):
+    """Rolls back a transaction whose caller gave up on it."""
 
 
 _T = TypeVar("_T")
-# The SQLite thread of each engine made by ``create_engine`` (none for PostgreSQL and
+# The SQLite threads of each engine made by ``create_engine`` (none for PostgreSQL and
 # in-memory databases); dropped with the engine.
 _SQLITE_THREADS: Final[weakref.WeakKeyDictionary[Engine, _SqliteThread]] = (
     weakref.WeakKeyDictionary())
 
 
 async def dispose_engine(engine: AsyncEngine) -> None:
-    """Close an engine's pooled connections, and its SQLite thread if it has one."""
-    thread = _SQLITE_THREADS.pop(engine.sync_engine, None)
+    """Close an engine's pooled connections, and stop its SQLite threads if it has them
+    (both come back if the engine is used again)."""
+    thread = _SQLITE_THREADS.get(engine.sync_engine)
     if thread is not None:
         await thread.close()
     await engine.dispose()
@@ -626,20 +657,21 @@ class SqlAccess:
         return sqlite.insert(table)
 
 
-def _table(model: type[Base]) -> Table:
+def table_of(model: type[Base]) -> Table:
+    """The Core table of a model (statements on it skip the ORM's per-statement work)."""
     table = model.__table__
     assert isinstance(table, Table)
     return table
 
 
-_CALLS = _table(Call).c
+_CALLS = table_of(Call).c
 _MARK_ANSWERED: Final = (
-    update(_table(Call))
+    update(table_of(Call))
     .where(_CALLS.id == bindparam("b_id"), _CALLS.answered_at.is_(None))
     .values(answered_at=bindparam("b_at", type_=UtcDateTime()), answered_by=bindparam("b_by"))
 )
 _CLOSE_CALL: Final = (
-    update(_table(Call))
+    update(table_of(Call))
     .where(_CALLS.id == bindparam("b_id"), _CALLS.outcome.is_(None))
     .values(outcome=bindparam("b_outcome"), ended_at=bindparam("b_ended", type_=UtcDateTime()))
     .returning(_CALLS.id)
@@ -666,9 +698,24 @@ class SqlCallStore(SqlAccess):
         super().__init__(engine, clock=clock)
         self._ping_timeout = ping_timeout
         # Built once: building a statement per call cost as much as running it.
-        self._insert_event = self._insert(_table(CallEvent))
-        self._insert_outbox = self._insert(_table(Outbox)).on_conflict_do_nothing(
-            index_elements=[_table(Outbox).c.key])
+        self._insert_call = self._insert(table_of(Call)).on_conflict_do_nothing(
+            index_elements=[_CALLS.id]).returning(_CALLS.id)
+        self._insert_recording = self._insert(table_of(Recording)).on_conflict_do_nothing(
+            index_elements=[table_of(Recording).c.id])
+        self._insert_event = self._insert(table_of(CallEvent))
+        cursors = table_of(RrCursor).c
+        size = bindparam("b_size", type_=Integer())
+        now = bindparam("b_now", type_=UtcDateTime())
+        self._advance_cursor = (
+            self._insert(table_of(RrCursor))
+            .values(group_id=bindparam("b_group"), position=bindparam("b_first"), updated_at=now)
+            .on_conflict_do_update(index_elements=[cursors.group_id],
+                                   set_={"position": (cursors.position % size + 1) % size,
+                                         "updated_at": now})
+            .returning(cursors.position)
+        )
+        self._insert_outbox = self._insert(table_of(Outbox)).on_conflict_do_nothing(
+            index_elements=[table_of(Outbox).c.key])
 
     @classmethod
     def from_url(cls, url: str, **engine_kwargs: Any) -> SqlCallStore:
@@ -685,8 +732,7 @@ class SqlCallStore(SqlAccess):
         """Raise StoreUnavailable when the database does not answer within ``ping_timeout``."""
         try:
             async with asyncio.timeout(self._ping_timeout):
-                async with self._tx(write=False) as conn:
-                    await conn.execute(select(1))
+                await self._run(lambda conn: _ignore(conn.execute(select(1))), write=False)
         except TimeoutError as exc:
             raise StoreUnavailable(
                 f"database {describe_url(self._engine.url)} did not answer within"
@@ -702,24 +748,10 @@ class SqlCallStore(SqlAccess):
 
         Idempotent on ``call.call_id``: opening the same call twice keeps the first row.
         """
-        stmt = (
-            self._insert(Call)
-            .values(
-                id=call.call_id,
-                node=call.node,
-                direction=call.direction.value,
-                channel_id=call.channel_id,
-                caller=call.caller,
-                caller_raw=call.caller_raw,
-                caller_name=call.caller_name,
-                dialed=call.dialed,
-                line=line,
-                source=source,
-                started_at=call.at,
-            )
-            .on_conflict_do_nothing(index_elements=[Call.id])
-            .returning(Call.id)
-        )
+        row = {"id": call.call_id, "node": call.node, "direction": call.direction.value,
+               "channel_id": call.channel_id, "caller": call.caller,
+               "caller_raw": call.caller_raw, "caller_name": call.caller_name,
+               "dialed": call.dialed, "line": line, "source": source, "started_at": call.at}
         data: dict[str, Any] = {
             "channel_id": call.channel_id,
             "caller": call.caller,
@@ -731,7 +763,7 @@ class SqlCallStore(SqlAccess):
             data["source"] = source
 
         def write(conn: Connection) -> None:
-            if conn.execute(stmt).first() is not None:
+            if conn.execute(self._insert_call, row).first() is not None:
                 conn.execute(self._insert_event, [{"call_id": call.call_id, "at": call.at,
                                                    "kind": EventKind.ENTERED.value,
                                                    "data": data}])
@@ -895,25 +927,14 @@ class SqlCallStore(SqlAccess):
 
         LookupError when the call is unknown.
         """
-        stmt = (
-            self._insert(Recording)
-            .values(
-                id=rec.recording_id,
-                call_id=rec.call_id,
-                name=rec.name,
-                path=rec.path,
-                format=rec.format,
-                started_at=rec.started_at,
-                duration_s=rec.duration_s,
-                size_bytes=rec.size_bytes,
-                created_at=self._clock(),
-            )
-            .on_conflict_do_nothing(index_elements=[Recording.id])
-        )
+        row = {"id": rec.recording_id, "call_id": rec.call_id, "name": rec.name,
+               "path": rec.path, "format": rec.format, "started_at": rec.started_at,
+               "duration_s": rec.duration_s, "size_bytes": rec.size_bytes,
+               "created_at": self._clock()}
 
         def write(conn: Connection) -> None:
             try:
-                conn.execute(stmt)
+                conn.execute(self._insert_recording, row)
             except sa_exc.IntegrityError as exc:
                 raise LookupError(f"no call {rec.call_id!r} for recording") from exc
 
@@ -965,18 +986,9 @@ class SqlCallStore(SqlAccess):
         """
         if size <= 0:
             raise ValueError(f"round-robin group {group!r} has size {size}, expected >= 1")
-        now = self._clock()
-        stmt = (
-            self._insert(RrCursor)
-            .values(group_id=group, position=1 % size, updated_at=now)
-            .on_conflict_do_update(
-                index_elements=[RrCursor.group_id],
-                set_={"position": (RrCursor.position % size + 1) % size, "updated_at": now},
-            )
-            .returning(RrCursor.position)
-        )
-        next_position = await self._run(lambda conn: conn.execute(stmt).scalar_one(),
-                                        write=True)
+        params = {"b_group": group, "b_first": 1 % size, "b_size": size, "b_now": self._clock()}
+        next_position = await self._run(
+            lambda conn: conn.execute(self._advance_cursor, params).scalar_one(), write=True)
         return int(next_position - 1) % size
 
     # ----------------------------------------------------------------- sticky managers

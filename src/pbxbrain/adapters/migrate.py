@@ -30,6 +30,7 @@ from pbxbrain.adapters.db import (
     as_store_unavailable,
     create_engine,
     describe_url,
+    dispose_engine,
 )
 
 __all__ = [
@@ -119,7 +120,7 @@ async def migrate(url: str) -> str:
             raise
         raise unavailable from exc
     finally:
-        await engine.dispose()
+        await dispose_engine(engine)
     if revision is None:
         raise RuntimeError(f"database {describe_url(url)} has no revision after upgrade")
     log.info("database %s is at revision %s", describe_url(url), revision)
@@ -138,4 +139,4 @@ async def current_revision(url: str) -> str | None:
             raise
         raise unavailable from exc
     finally:
-        await engine.dispose()
+        await dispose_engine(engine)

@@ -473,8 +473,7 @@ class CallSession:
         self.app.route(bridge_id, self)
         self.bridges.add(bridge_id)
         await self.ari.create_bridge(bridge_id, kind="mixing", name=f"call {call_id}")
-        await self.ari.add_channel(bridge_id, self.call.channel_id)
-        await self.ari.add_channel(bridge_id, leg.channel_id)
+        await self.ari.add_channels(bridge_id, self.call.channel_id, leg.channel_id)
         now = self.talk_started = self.app.clock()
         self.journal.answered(call_id, now, by)
         self.log_event(EventKind.BRIDGED, staff=by, bridge=bridge_id,
