@@ -57,6 +57,7 @@ run: deps venv sandbox
 	@echo "  bash scripts/sandbox.sh run sipp 127.0.0.1:5060 -sn uac -i 127.0.0.2 -s 74951234567 -m 1"
 	PBXBRAIN_DATABASE=sqlite+aiosqlite:///$(STATE)/pbxbrain.db \
 	PBXBRAIN_RECORDINGS_DIR=$(STATE)/recordings \
+	PBXBRAIN_ASTERISK_SPOOL=$$(bash scripts/sandbox.sh root)/var/spool/asterisk/recording \
 	  $(VENV)/bin/pbxbrain run --config $(CONFIG)
 
 bench: deps venv

@@ -190,7 +190,9 @@ def remove_bench_asterisk_conf(root: Path) -> None:
         wav.unlink()
 
 
-def write_pbxbrain_conf(path: Path, managers: int) -> None:
+def write_pbxbrain_conf(path: Path, managers: int, spool: Path) -> None:
+    """pbxbrain as it runs beside Asterisk: ``spool`` is Asterisk's recording spool as this
+    host sees it (recordings are moved from there, not fetched through ARI)."""
     staff = "\n".join(f"  m{i:04d}: {{name: Manager {i}, phone: PJSIP/b{i:04d}}}"
                       for i in range(1, managers + 1))
     members = ", ".join(f"m{i:04d}" for i in range(1, managers + 1))
@@ -218,7 +220,8 @@ schedules:
 lines:
   "+74951110000": {{name: Bench, schedule: always, route: [{{department: sales}}]}}
 crm: {{kind: builtin}}
-recordings: {{dir: "${{PBXBRAIN_RECORDINGS_DIR}}", keep_days: 1, format: wav}}
+recordings: {{dir: "${{PBXBRAIN_RECORDINGS_DIR}}", keep_days: 1, format: wav,
+             local_dir: "{spool}"}}
 """)
 
 
@@ -594,7 +597,7 @@ def main() -> int:
     report.machine["asterisk"] = box.rx("core show version").strip()
     tmp = Path(tempfile.mkdtemp(prefix="pbxbrain-bench-"))
     config = tmp / "pbxbrain.yaml"
-    write_pbxbrain_conf(config, args.managers)
+    write_pbxbrain_conf(config, args.managers, box.root / "var/spool/asterisk/recording")
     env = {**os.environ, "PBXBRAIN_DATABASE": f"sqlite+aiosqlite:///{tmp / 'bench.db'}",
            "PBXBRAIN_RECORDINGS_DIR": str(tmp / "recordings"), "PBXBRAIN_LOG_LEVEL": "WARNING"}
     phone_logs = box.root / PHONE_LOG_DIR.lstrip("/")

@@ -81,6 +81,7 @@ class Daemon:
                 recording_format=config.recordings.format,
                 recording_method=config.recordings.method,
                 asterisk_recording_dir=str(config.recordings.asterisk_dir),
+                local_recording_dir=config.recordings.local_dir,
             ),
             recorder=self.ami,
         )

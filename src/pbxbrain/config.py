@@ -357,6 +357,14 @@ def _check_absolute(value: Path) -> Path:
     return value
 
 
+def _none_if_empty(value: Any) -> Any:
+    return None if value == "" else value  # ``${VAR:-}`` left empty: unset
+
+
+def _check_absolute_or_none(value: Path | None) -> Path | None:
+    return None if value is None else _check_absolute(value)
+
+
 def _check_mixmonitor_path(value: Path) -> Path:
     text = str(value)
     if not text.isascii() or any(c in text for c in ",|;\r\n"):
@@ -901,6 +909,14 @@ class RecordingsConfig(_Model):
     ``bridge`` way. ``asterisk_dir`` must be Asterisk's own recording spool
     (``astspooldir``/recording, on Asterisk's host), where MixMonitor writes and ARI
     serves the files: another directory loses every recording.
+
+    ``local_dir``: that same spool as pbxbrain's host sees it, when pbxbrain runs beside
+    Asterisk (the usual case; the path differs only when Asterisk runs in a chroot or a
+    container). MixMonitor's files are then moved from there into ``dir`` (a rename on
+    the same file system) instead of being fetched through ARI's HTTP and deleted: an
+    hour-long call is a 57 MB WAV that would otherwise pass through pbxbrain's memory.
+    pbxbrain needs read and write access to it (e.g. its user in the ``asterisk``
+    group, the spool group-writable). Unset: fetched through ARI (Asterisk elsewhere).
     """
 
     dir: Annotated[Path, AfterValidator(_check_absolute)] = Path("/var/lib/pbxbrain/recordings")
@@ -910,6 +926,8 @@ class RecordingsConfig(_Model):
     asterisk_dir: Annotated[Path, AfterValidator(_check_absolute),
                             AfterValidator(_check_mixmonitor_path)] = Path(
         "/var/spool/asterisk/recording")
+    local_dir: Annotated[Path | None, BeforeValidator(_none_if_empty),
+                         AfterValidator(_check_absolute_or_none)] = None
 
 
 class Config(_Model):

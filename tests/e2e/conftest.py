@@ -69,6 +69,7 @@ def running_daemon(tmp_path: Path, config: str, *, env: Mapping[str, str] | None
             "PBXBRAIN_DATABASE": db_url,
             "PBXBRAIN_HTTP_LISTEN": f"127.0.0.1:{port}",
             "PBXBRAIN_RECORDINGS_DIR": str(tmp_path / "recordings"),
+            "PBXBRAIN_ASTERISK_SPOOL": str(asterisk_spool()),
             "PBXBRAIN_ARI_PASSWORD": "pbxbrain-ari-secret",
             "PBXBRAIN_AMI_SECRET": "pbxbrain-ami-secret",
             **(env or {}),
@@ -156,10 +157,16 @@ class JournalReader:
         return wait_for(f"a closed call from {number} in the journal", closed, timeout_s)
 
 
+def asterisk_spool() -> Path:
+    """Asterisk's recording spool, as this host sees it (inside the sandbox's chroot)."""
+    return Path(sandbox("root").stdout.strip()) / "var/spool/asterisk/recording"
+
+
 def assert_recorded(daemon: Daemon, journal: JournalReader, call_id: str, low_s: float,
-                    high_s: float, *, via: str = "mixmonitor") -> None:
-    """The call has one recording, made ``via`` MixMonitor or the ARI bridge recording, on
-    disk as the database says, of real audio lasting
+                    high_s: float, *, via: str = "mixmonitor", taken: str = "moved") -> None:
+    """The call has one recording, made ``via`` MixMonitor or the ARI bridge recording and
+    ``taken`` from Asterisk's spool (``moved`` on this host, or ``fetched`` through ARI),
+    no longer in that spool, on disk as the database says, of real audio lasting
     between ``low_s`` and ``high_s`` seconds (the talk time, give or take signalling: the
     caller's talk starts when he is answered, the recording once both are bridged, which
     on a loaded machine can be most of a second later)."""
@@ -167,6 +174,10 @@ def assert_recorded(daemon: Daemon, journal: JournalReader, call_id: str, low_s:
     (started,) = [e.data for e in journal.journal(call_id)
                   if e.kind is EventKind.RECORDING_STARTED]
     assert started["via"] == via, started
+    (finished,) = [e.data for e in journal.journal(call_id)
+                   if e.kind is EventKind.RECORDING_FINISHED]
+    assert finished["taken"] == taken, finished
+    assert not list(asterisk_spool().glob(f"{rec.name}.*")), "left in Asterisk's spool"
     path = daemon.recordings / rec.path
     assert path.is_file(), rec
     assert rec.size_bytes == path.stat().st_size, rec

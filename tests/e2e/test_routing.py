@@ -68,7 +68,8 @@ def test_given_ami_is_down_then_the_call_is_recorded_through_ari_instead(
         assert caller.ok, caller.output
         call = journal.wait_closed_call("+79161000011")
         assert call.outcome is CallOutcome.ANSWERED
-        assert_recorded(daemon, journal, call.call_id, 0.5, 3.0, via="bridge")
+        assert_recorded(daemon, journal, call.call_id, 0.5, 3.0, via="bridge",
+                        taken="fetched")
 
 
 def test_given_busy_and_unanswered_phones_then_the_next_manager_gets_the_call(

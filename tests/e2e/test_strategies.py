@@ -66,7 +66,8 @@ def test_given_a_caller_from_the_spb_region_then_the_fixed_department_rings_one_
     assert rang(journal, call.call_id) == ["sidorov"]  # kuznetsov was free, and not rung
     assert f"caller {number} in region spb ({matched}) → department spb" in notes(
         journal, call.call_id)
-    assert_recorded(strategies, journal, call.call_id, 0.5, 3.0)  # talked for 1.5 s
+    # talked for 1.5 s
+    assert_recorded(strategies, journal, call.call_id, 0.5, 3.0, taken="fetched")
 
 
 def test_given_a_caller_in_no_region_then_the_default_department_rings_in_listed_order(
@@ -86,7 +87,7 @@ def test_given_a_caller_in_no_region_then_the_default_department_rings_in_listed
     ended = {e["staff"]: e["reason"] for e in events(journal, call.call_id,
                                                       EventKind.LEG_ENDED)}
     assert ended == {"ivanov": "no answer in time"}
-    assert_recorded(strategies, journal, call.call_id, 0.5, 3.0)
+    assert_recorded(strategies, journal, call.call_id, 0.5, 3.0, taken="fetched")
     assert "caller +79162000001 in no region → default moscow" in notes(journal,
                                                                           call.call_id)
 
@@ -129,7 +130,7 @@ def test_given_sticky_then_the_manager_who_talked_to_a_new_caller_keeps_him(
     assert rang(journal, again) == ["volkova"]
     assert "volkova is this caller's manager in accounts" in notes(journal, again)
     assert journal.manager_of(client) == "volkova"
-    assert_recorded(strategies, journal, again, 0.5, 3.0)
+    assert_recorded(strategies, journal, again, 0.5, 3.0, taken="fetched")
 
 
 def test_given_busy_prompt_and_the_manager_on_a_call_then_the_caller_hears_it_and_goes_on(
@@ -159,7 +160,7 @@ def test_given_busy_prompt_and_the_manager_on_a_call_then_the_caller_hears_it_an
     assert [e["prompt"] for e in events(journal, call.call_id, EventKind.PLAYED)] == [
         "pls-hold-while-try"]
     # Recorded from the bridge: the caller's 7 s less the 2.4 s prompt and the ringing.
-    assert_recorded(strategies, journal, call.call_id, 1.5, 5.0)
+    assert_recorded(strategies, journal, call.call_id, 1.5, 5.0, taken="fetched")
 
     first = talking.wait()
     assert first.ok, first.output

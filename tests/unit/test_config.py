@@ -396,6 +396,12 @@ CASES: list[tuple[str, str, Located, str]] = [
         (5, 28, "recordings.asterisk_dir"),
         "commas split its arguments",
     ),
+    (
+        "local view of the spool that is relative",
+        'recordings: {local_dir: "var/spool/asterisk/recording"}\n',
+        (5, 25, "recordings.local_dir"),
+        "is not an absolute path",
+    ),
 ]
 
 

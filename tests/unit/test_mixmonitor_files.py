@@ -7,16 +7,18 @@ after the channel's end, and a WAV header's sizes are written at that close.
 from __future__ import annotations
 
 import asyncio
+import errno
 import struct
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 from types import SimpleNamespace
 from typing import cast
 
 import pytest
 
 from pbxbrain.adapters.ari import AriNotFound
-from pbxbrain.adapters.recordings import wav_closed
+from pbxbrain.adapters.recordings import RecordingDirectory, SavedRecording, wav_closed
 from pbxbrain.adapters.stasis import CallSession, StasisApp, StasisSettings
 from pbxbrain.domain.model import Direction, InboundCall
 
@@ -111,3 +113,92 @@ async def test_an_ari_recording_is_fetched_once() -> None:
         async with session(ari)._fetched("c1-talk", "wav", wait_closed=False):
             pass
     assert ari.fetches == 1
+
+
+# -- Asterisk's spool on this host (recordings.local_dir): moved, not fetched ------------
+
+
+def local_session(spool: Path, store: Path, settle_s: float = 5.0) -> CallSession:
+    settings = StasisSettings(node="n1", default_region="RU", recording_settle_s=settle_s,
+                              local_recording_dir=spool)
+    app = cast(StasisApp, SimpleNamespace(ari=FakeAri([]), settings=settings,
+                                          recordings=RecordingDirectory(store)))
+    return CallSession(app, session(FakeAri([])).call)
+
+
+async def move(session: CallSession, spool: Path) -> tuple[SavedRecording, bool]:
+    return await session._moved(spool / "c1-talk.wav", "c1-talk", "wav",
+                                datetime(2026, 11, 25, tzinfo=UTC))
+
+
+async def test_a_closed_local_file_is_moved_into_the_store(tmp_path: Path) -> None:
+    spool, store = tmp_path / "spool", tmp_path / "store"
+    spool.mkdir()
+    (spool / "c1-talk.wav").write_bytes(wav(16000))
+
+    saved, closed = await move(local_session(spool, store), spool)
+
+    assert closed
+    assert saved == SavedRecording("2026/11/25/c1-talk.wav", len(wav(16000)), 2.0)
+    assert (store / saved.relative_path).read_bytes() == wav(16000)
+    assert not (spool / "c1-talk.wav").exists()
+
+
+async def test_a_local_file_is_moved_once_asterisk_closed_it(tmp_path: Path) -> None:
+    spool, store = tmp_path / "spool", tmp_path / "store"
+    spool.mkdir()
+    source = spool / "c1-talk.wav"
+    source.write_bytes(wav(8000, closed=False))
+
+    async def asterisk_closes_it() -> None:
+        await asyncio.sleep(0.06)  # after the first look at it
+        source.write_bytes(wav(16000))
+
+    closing = asyncio.create_task(asterisk_closes_it())
+    saved, closed = await move(local_session(spool, store), spool)
+    await closing
+
+    assert closed
+    assert saved.duration_s == 2.0
+    assert wav_closed((store / saved.relative_path).read_bytes())
+
+
+async def test_a_local_file_never_closed_is_moved_with_its_header_repaired(
+    tmp_path: Path,
+) -> None:
+    spool, store = tmp_path / "spool", tmp_path / "store"
+    spool.mkdir()
+    (spool / "c1-talk.wav").write_bytes(wav(8000, closed=False))
+
+    saved, closed = await move(local_session(spool, store, settle_s=0.1), spool)
+
+    assert not closed
+    assert saved.duration_s == 1.0
+    assert (store / saved.relative_path).read_bytes() == wav(8000)
+
+
+async def test_a_local_file_never_there_raises_after_the_settle_time(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        await move(local_session(tmp_path, tmp_path / "store", settle_s=0.1), tmp_path)
+
+
+async def test_a_local_file_on_another_file_system_is_copied_then_removed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    spool, store = tmp_path / "spool", tmp_path / "store"
+    spool.mkdir()
+    source = spool / "c1-talk.wav"
+    source.write_bytes(wav(800))
+    rename = Path.replace
+
+    def across_devices(self: Path, target: Path) -> Path:
+        if self == source:
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+        return rename(self, target)
+
+    monkeypatch.setattr(Path, "replace", across_devices)
+    saved, _ = await move(local_session(spool, store), spool)
+
+    assert (store / saved.relative_path).read_bytes() == wav(800)
+    assert not source.exists()
+    assert not list(store.rglob("*.part"))

@@ -2,15 +2,18 @@
 
 Files are fetched from Asterisk through ARI's stored-recordings API, so this works when
 Asterisk runs on another host; once the copy is safely written (temp file + rename), the
-file is deleted from Asterisk's spool.
+file is deleted from Asterisk's spool. When pbxbrain sees that spool on its own host
+(``recordings.local_dir``), MixMonitor's files are moved instead (``adopt``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import io
 import os
+import shutil
 import wave
 from dataclasses import dataclass
 from datetime import datetime
@@ -40,21 +43,39 @@ def repair_wav_header(data: bytes) -> bytes:
     file; a recording fetched right after the caller hung up can still carry the zeros
     (RecordingFinished is published before the file is closed).
     """
-    if len(data) < 44 or data[:4] != b"RIFF" or data[8:12] != b"WAVE" or (
-            data[36:40] != b"data"):
-        return data
-    riff_size = len(data) - 8
-    data_size = len(data) - 44
-    if wav_closed(data) and int.from_bytes(data[40:44], "little") == data_size:
-        return data
-    return (data[:4] + riff_size.to_bytes(4, "little") + data[8:40]
-            + data_size.to_bytes(4, "little") + data[44:])
+    header = _repaired_header(data[:44], len(data))
+    return data if header is None else header + data[44:]
 
 
-def wav_duration(data: bytes) -> float | None:
-    """Length in seconds of a WAV file's audio, or None if it is not a readable WAV."""
+def _repaired_header(head: bytes, size: int) -> bytes | None:
+    """The 44-byte header of a canonical WAV of ``size`` bytes with its sizes set right,
+    or None when it is right already or is not such a header."""
+    if len(head) < 44 or head[:4] != b"RIFF" or head[8:12] != b"WAVE" or (
+            head[36:40] != b"data"):
+        return None
+    riff_size, data_size = size - 8, size - 44
+    if (int.from_bytes(head[4:8], "little") == riff_size
+            and int.from_bytes(head[40:44], "little") == data_size):
+        return None
+    return (head[:4] + riff_size.to_bytes(4, "little") + head[8:40]
+            + data_size.to_bytes(4, "little"))
+
+
+def wav_file_closed(path: Path) -> bool:
+    """``wav_closed`` of a file on disk, reading only its header (FileNotFoundError when
+    Asterisk has not created it)."""
+    with path.open("rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        head = f.read(8)
+    return (len(head) == 8 and head[:4] == b"RIFF"
+            and int.from_bytes(head[4:8], "little") == size - 8)
+
+
+def wav_duration(data: bytes | Path) -> float | None:
+    """Length in seconds of a WAV's audio (its bytes, or a file), or None if it is not a
+    readable WAV."""
     try:
-        with wave.open(io.BytesIO(data)) as w:
+        with wave.open(str(data) if isinstance(data, Path) else io.BytesIO(data)) as w:
             rate = w.getframerate()
             return w.getnframes() / rate if rate else None
     except (wave.Error, EOFError):
@@ -80,6 +101,41 @@ class RecordingDirectory:
         await asyncio.to_thread(_write_atomically, target, data)
         duration = wav_duration(data) if fmt.startswith("wav") else None
         return SavedRecording(relative, len(data), duration)
+
+    async def adopt(self, source: Path, name: str, fmt: str, at: datetime) -> SavedRecording:
+        """Move a finished recording file here (Asterisk's spool on this host): a rename
+        on the same file system, else a durable copy; the source is gone afterwards."""
+        relative = f"{at:%Y/%m/%d}/{name}.{fmt}"
+        size, duration = await asyncio.to_thread(_move, source, self.root / relative, fmt)
+        return SavedRecording(relative, size, duration)
+
+
+def _move(source: Path, target: Path, fmt: str) -> tuple[int, float | None]:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with source.open("r+b") as f:
+        size = os.fstat(f.fileno()).st_size
+        header = _repaired_header(f.read(44), size) if fmt == "wav" else None
+        if header is not None:
+            f.seek(0)
+            f.write(header)
+        f.flush()
+        os.fsync(f.fileno())
+    try:
+        source.replace(target)
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+        tmp = target.with_suffix(target.suffix + ".part")
+        try:
+            shutil.copyfile(source, tmp)
+            with tmp.open("rb") as f:
+                os.fsync(f.fileno())
+            tmp.replace(target)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+        source.unlink()
+    return size, wav_duration(target) if fmt.startswith("wav") else None
 
 
 def _write_atomically(target: Path, data: bytes) -> None:

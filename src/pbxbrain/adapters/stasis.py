@@ -32,9 +32,10 @@ import contextlib
 import logging
 import re
 import uuid
-from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Final
 
 from pbxbrain.adapters.ami import AmiError, AmiTimeout
@@ -55,7 +56,12 @@ from pbxbrain.adapters.ari import (
     StasisStart,
 )
 from pbxbrain.adapters.outbox import called_back_message, missed_call_message
-from pbxbrain.adapters.recordings import RecordingDirectory, wav_closed
+from pbxbrain.adapters.recordings import (
+    RecordingDirectory,
+    SavedRecording,
+    wav_closed,
+    wav_file_closed,
+)
 from pbxbrain.config import RecordingMethod
 from pbxbrain.domain.model import (
     CallOutcome,
@@ -112,6 +118,7 @@ class StasisSettings:
     recording_format: str = "wav"
     recording_method: RecordingMethod = "mixmonitor"  # or "bridge" (see RecordingsConfig)
     asterisk_recording_dir: str = "/var/spool/asterisk/recording"
+    local_recording_dir: Path | None = None  # the same, as this host sees it (if it does)
     session_deadline_s: float = 4 * 3600.0  # no call lasts longer; its task is reaped
     voicemail_max_s: int = 120
     prompt_max_s: float = 60.0
@@ -593,9 +600,15 @@ class CallSession:
                                f"{done.recording.cause}")
                 return False
         fmt = self.app.settings.recording_format
+        spool = self.app.settings.local_recording_dir
+        moved = spool is not None and not announced  # a MixMonitor file beside us
         try:
-            async with self._fetched(name, fmt, wait_closed=not announced) as (data, closed):
-                saved = await self.app.recordings.save(name, fmt, data, started)
+            if spool is not None and moved:
+                saved, closed = await self._moved(spool / f"{name}.{fmt}", name, fmt, started)
+            else:
+                async with self._fetched(name, fmt, wait_closed=not announced) as (data,
+                                                                                   closed):
+                    saved = await self.app.recordings.save(name, fmt, data, started)
         except (AriError, OSError) as exc:
             log.error("call %s: recording %s not kept: %s; it stays in Asterisk's spool",
                       self.call.call_id, name, exc)
@@ -610,10 +623,42 @@ class CallSession:
             path=saved.relative_path, format=fmt, started_at=started,
             duration_s=saved.duration_s, size_bytes=saved.size_bytes))
         self.log_event(EventKind.RECORDING_FINISHED, name=name, path=saved.relative_path,
-                       duration_s=saved.duration_s, size_bytes=saved.size_bytes)
-        with contextlib.suppress(AriError):
-            await self.ari.delete_stored_recording(name)
+                       duration_s=saved.duration_s, size_bytes=saved.size_bytes,
+                       taken="moved" if moved else "fetched")
+        if not moved:
+            with contextlib.suppress(AriError):
+                await self.ari.delete_stored_recording(name)
         return saved.duration_s is None or saved.duration_s > 0
+
+    async def _settle_tries(self, *, once: bool = False) -> AsyncGenerator[bool, None]:
+        """Tries at a file Asterisk may still be closing: yields whether each is the last,
+        50, 100, 200… ms apart, for at most ``recording_settle_s`` (one try if ``once``)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.app.settings.recording_settle_s
+        pause = 0.05
+        while True:
+            last_try = once or loop.time() + pause > deadline
+            yield last_try
+            if last_try:
+                return
+            await asyncio.sleep(pause)
+            pause *= 2
+
+    async def _moved(self, source: Path, name: str, fmt: str,
+                     started: datetime) -> tuple[SavedRecording, bool]:
+        """Move a MixMonitor file from Asterisk's spool on this host once Asterisk closed
+        it (see ``_fetched``); and whether it had."""
+        async with contextlib.aclosing(self._settle_tries()) as tries:
+            async for last_try in tries:
+                try:
+                    closed = fmt != "wav" or wav_file_closed(source)  # a 44-byte read
+                except FileNotFoundError:
+                    if last_try:
+                        raise
+                    continue
+                if closed or last_try:
+                    return await self.app.recordings.adopt(source, name, fmt, started), closed
+        raise AssertionError("the last try returns or raises")
 
     @contextlib.asynccontextmanager
     async def _fetched(self, name: str, fmt: str, *,
@@ -629,25 +674,20 @@ class CallSession:
         200… ms (not holding a slot) while it is missing or unfinished, for at most
         ``recording_settle_s``; then take what there is.
         """
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.app.settings.recording_settle_s
-        pause = 0.05
-        while True:
-            last_try = not wait_closed or loop.time() + pause > deadline
-            async with self.app.recording_fetches:
-                try:
-                    data = await self.ari.stored_recording_file(name)
-                except (AriNotFound, AriUnavailable):
-                    if last_try:
-                        raise
-                else:
+        async with contextlib.aclosing(self._settle_tries(once=not wait_closed)) as tries:
+            async for last_try in tries:
+                async with self.app.recording_fetches:
+                    try:
+                        data = await self.ari.stored_recording_file(name)
+                    except (AriNotFound, AriUnavailable):
+                        if last_try:
+                            raise
+                        continue
                     closed = fmt != "wav" or wav_closed(data)
                     if closed or last_try:
                         yield data, closed
                         return
                     del data
-            await asyncio.sleep(pause)
-            pause *= 2
 
     async def _play(self, prompt: str) -> None:
         playback_id = f"{self.call.call_id}-play-{uuid.uuid4().hex[:6]}"
