@@ -30,7 +30,7 @@ from pbxbrain.adapters.db import SqlCallStore, create_engine, dispose_engine
 from pbxbrain.adapters.migrate import migrate
 from pbxbrain.adapters.outbox import OutboxWorker
 from pbxbrain.adapters.presence import Presence
-from pbxbrain.adapters.recordings import RecordingDirectory
+from pbxbrain.adapters.recordings import RecordingDirectory, usable_spool
 from pbxbrain.adapters.stasis import EVENT_TYPES, StasisApp, StasisSettings
 from pbxbrain.api.app import ApiDeps, make_http_app
 from pbxbrain.api.events import EventBus
@@ -81,7 +81,7 @@ class Daemon:
                 recording_format=config.recordings.format,
                 recording_method=config.recordings.method,
                 asterisk_recording_dir=str(config.recordings.asterisk_dir),
-                local_recording_dir=config.recordings.local_dir,
+                local_recording_dir=usable_spool(config.recordings.local_dir),
             ),
             recorder=self.ami,
         )

@@ -915,8 +915,9 @@ class RecordingsConfig(_Model):
     container). MixMonitor's files are then moved from there into ``dir`` (a rename on
     the same file system) instead of being fetched through ARI's HTTP and deleted: an
     hour-long call is a 57 MB WAV that would otherwise pass through pbxbrain's memory.
-    pbxbrain needs read and write access to it (e.g. its user in the ``asterisk``
-    group, the spool group-writable). Unset: fetched through ARI (Asterisk elsewhere).
+    pbxbrain needs to read it and rename files in it (e.g. its user in the ``asterisk``
+    group, the spool group-writable); one it cannot use is logged at start and ARI used
+    instead. Unset: fetched through ARI (Asterisk on another host).
     """
 
     dir: Annotated[Path, AfterValidator(_check_absolute)] = Path("/var/lib/pbxbrain/recordings")

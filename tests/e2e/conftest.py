@@ -177,6 +177,7 @@ def assert_recorded(daemon: Daemon, journal: JournalReader, call_id: str, low_s:
     (finished,) = [e.data for e in journal.journal(call_id)
                    if e.kind is EventKind.RECORDING_FINISHED]
     assert finished["taken"] == taken, finished
+    assert asterisk_spool().is_dir()
     assert not list(asterisk_spool().glob(f"{rec.name}.*")), "left in Asterisk's spool"
     path = daemon.recordings / rec.path
     assert path.is_file(), rec

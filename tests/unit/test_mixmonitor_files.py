@@ -18,7 +18,12 @@ from typing import cast
 import pytest
 
 from pbxbrain.adapters.ari import AriNotFound
-from pbxbrain.adapters.recordings import RecordingDirectory, SavedRecording, wav_closed
+from pbxbrain.adapters.recordings import (
+    RecordingDirectory,
+    SavedRecording,
+    usable_spool,
+    wav_closed,
+)
 from pbxbrain.adapters.stasis import CallSession, StasisApp, StasisSettings
 from pbxbrain.domain.model import Direction, InboundCall
 
@@ -127,8 +132,12 @@ def local_session(spool: Path, store: Path, settle_s: float = 5.0) -> CallSessio
 
 
 async def move(session: CallSession, spool: Path) -> tuple[SavedRecording, bool]:
-    return await session._moved(spool / "c1-talk.wav", "c1-talk", "wav",
-                                datetime(2026, 11, 25, tzinfo=UTC))
+    """What ``_keep_recording`` does with a MixMonitor file beside Asterisk."""
+    source = spool / "c1-talk.wav"
+    closed = await session._closed_here(source, "wav")
+    saved = await session.app.recordings.adopt(source, "c1-talk", "wav",
+                                               datetime(2026, 11, 25, tzinfo=UTC))
+    return saved, closed
 
 
 async def test_a_closed_local_file_is_moved_into_the_store(tmp_path: Path) -> None:
@@ -202,3 +211,62 @@ async def test_a_local_file_on_another_file_system_is_copied_then_removed(
     assert (store / saved.relative_path).read_bytes() == wav(800)
     assert not source.exists()
     assert not list(store.rglob("*.part"))
+
+
+async def test_a_local_file_never_closed_is_copied_not_edited_in_place(tmp_path: Path) -> None:
+    # Asterisk may still hold it open: its header is repaired in pbxbrain's copy only.
+    spool, store = tmp_path / "spool", tmp_path / "store"
+    spool.mkdir()
+    source = spool / "c1-talk.wav"
+    source.write_bytes(wav(8000, closed=False))
+    inode = source.stat().st_ino
+
+    saved, _ = await move(local_session(spool, store, settle_s=0.1), spool)
+
+    target = store / saved.relative_path
+    assert target.read_bytes() == wav(8000)
+    assert target.stat().st_ino != inode
+    assert not source.exists()
+
+
+async def test_a_closed_local_file_is_renamed_not_copied(tmp_path: Path) -> None:
+    spool, store = tmp_path / "spool", tmp_path / "store"
+    spool.mkdir()
+    source = spool / "c1-talk.wav"
+    source.write_bytes(wav(800))
+    inode = source.stat().st_ino
+
+    saved, _ = await move(local_session(spool, store), spool)
+
+    assert (store / saved.relative_path).stat().st_ino == inode
+
+
+async def test_a_copy_whose_source_cannot_be_removed_is_kept_all_the_same(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+) -> None:
+    spool, store = tmp_path / "spool", tmp_path / "store"
+    spool.mkdir()
+    source = spool / "c1-talk.wav"
+    source.write_bytes(wav(8000, closed=False))
+    unlink = Path.unlink
+
+    def refused(self: Path, missing_ok: bool = False) -> None:
+        if self == source:
+            raise PermissionError(errno.EACCES, "Permission denied")
+        unlink(self, missing_ok=missing_ok)
+
+    monkeypatch.setattr(Path, "unlink", refused)
+    saved, _ = await move(local_session(spool, store, settle_s=0.1), spool)
+
+    assert (store / saved.relative_path).read_bytes() == wav(8000)
+    assert "could not be removed from Asterisk's spool" in caplog.text
+
+
+def test_a_local_dir_pbxbrain_cannot_use_falls_back_to_fetching(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    assert usable_spool(None) is None
+    assert usable_spool(tmp_path) == tmp_path
+    assert usable_spool(tmp_path / "missing") is None
+    assert "recordings.local_dir" in caplog.text
+    assert "fetched through ARI" in caplog.text

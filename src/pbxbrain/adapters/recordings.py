@@ -12,12 +12,15 @@ import asyncio
 import contextlib
 import errno
 import io
+import logging
 import os
-import shutil
 import wave
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import BinaryIO
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +85,19 @@ def wav_duration(data: bytes | Path) -> float | None:
         return None
 
 
+def usable_spool(path: Path | None) -> Path | None:
+    """``recordings.local_dir`` when pbxbrain can read and rename files in it, else None
+    (recordings are then fetched through ARI, and the reason is logged once)."""
+    if path is None:
+        return None
+    if path.is_dir() and os.access(path, os.R_OK | os.W_OK | os.X_OK):
+        return path
+    why = "it is not a directory" if not path.is_dir() else "pbxbrain may not write to it"
+    log.error("recordings.local_dir %s cannot be used (%s); recordings are fetched through "
+              "ARI until it is fixed and pbxbrain restarted", path, why)
+    return None
+
+
 class RecordingDirectory:
     """Recordings under ``root/YYYY/MM/DD/<name>.<format>``."""
 
@@ -103,8 +119,10 @@ class RecordingDirectory:
         return SavedRecording(relative, len(data), duration)
 
     async def adopt(self, source: Path, name: str, fmt: str, at: datetime) -> SavedRecording:
-        """Move a finished recording file here (Asterisk's spool on this host): a rename
-        on the same file system, else a durable copy; the source is gone afterwards."""
+        """Take a recording file from Asterisk's spool on this host: a rename on the same
+        file system, else a durable copy; the source is gone afterwards (a failure to
+        remove it is logged, the copy kept). A WAV Asterisk never closed is copied with
+        its header repaired, never edited in place (Asterisk may still write to it)."""
         relative = f"{at:%Y/%m/%d}/{name}.{fmt}"
         size, duration = await asyncio.to_thread(_move, source, self.root / relative, fmt)
         return SavedRecording(relative, size, duration)
@@ -112,41 +130,64 @@ class RecordingDirectory:
 
 def _move(source: Path, target: Path, fmt: str) -> tuple[int, float | None]:
     target.parent.mkdir(parents=True, exist_ok=True)
-    with source.open("r+b") as f:
+    # Read-only: Asterisk makes its files 0644; renaming needs only the spool's write bit.
+    with source.open("rb") as f:
         size = os.fstat(f.fileno()).st_size
         header = _repaired_header(f.read(44), size) if fmt == "wav" else None
-        if header is not None:
-            f.seek(0)
-            f.write(header)
-        f.flush()
-        os.fsync(f.fileno())
-    try:
-        source.replace(target)
-    except OSError as exc:
-        if exc.errno != errno.EXDEV:
-            raise
-        tmp = target.with_suffix(target.suffix + ".part")
+        if header is None:
+            os.fsync(f.fileno())
+            try:
+                source.replace(target)
+                copied = False
+            except OSError as exc:
+                if exc.errno != errno.EXDEV:
+                    raise
+                copied = True
+        else:
+            copied = True
+        if copied:
+            f.seek(0 if header is None else 44)
+            _copy_durably(f, header or b"", size - (0 if header is None else 44), target)
+    _fsync_dir(target.parent)  # the new name is durable before the old one goes
+    if copied:
         try:
-            shutil.copyfile(source, tmp)
-            with tmp.open("rb") as f:
-                os.fsync(f.fileno())
-            tmp.replace(target)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
-        source.unlink()
+            source.unlink()
+        except OSError as exc:
+            log.warning("recording %s kept, but could not be removed from Asterisk's "
+                        "spool (%s); remove it by hand", source, exc)
+    size = target.stat().st_size
     return size, wav_duration(target) if fmt.startswith("wav") else None
 
 
-def _write_atomically(target: Path, data: bytes) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
+def _copy_durably(source: BinaryIO, head: bytes, length: int, target: Path) -> None:
+    """Write ``head`` then ``length`` bytes of ``source`` to ``target`` atomically."""
     tmp = target.with_suffix(target.suffix + ".part")
     try:
-        with tmp.open("wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        with tmp.open("wb") as out:
+            out.write(head)
+            while length > 0:
+                chunk = source.read(min(length, 1 << 20))
+                if not chunk:
+                    break
+                out.write(chunk)
+                length -= len(chunk)
+            out.flush()
+            os.fsync(out.fileno())
         tmp.replace(target)
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_atomically(target: Path, data: bytes) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    _copy_durably(io.BytesIO(data), b"", len(data), target)
+    _fsync_dir(target.parent)

@@ -94,6 +94,9 @@ EVENT_TYPES: Final = frozenset({
 #: Seconds a prompt may take to start playing before the call goes on without it.
 PROMPT_START_S: Final = 3.0
 
+#: Staff ids kept in a ``not_rung`` journal entry (the rest are counted).
+NOT_RUNG_KEPT: Final = 20
+
 #: Recordings fetched from Asterisk (and written to the store) at the same time, at most.
 RECORDING_FETCHES: Final = 4
 
@@ -182,6 +185,7 @@ class CallSession:
         self.talk_started: datetime | None = None
         self.last_leg_cause = 0
         self._leg_seq = 0
+        self.not_rung: list[str] = []  # staff of this ring step taken by other calls
 
     @property
     def ari(self) -> AriClient:
@@ -303,8 +307,10 @@ class CallSession:
                     for group in groups:
                         leg = await self._ring(group, timeout_s, caller_id=step.caller_id)
                         if leg is not None:
+                            self._journal_not_rung()
                             await self._talk(leg, record=plan.record, by=plan.manager)
                             return CallOutcome.ANSWERED, plan.manager or leg.target.staff_id
+                    self._journal_not_rung()
         self._check_caller()
         # Nobody took it: the plan ran out. Tell Asterisk (the caller hears busy/no answer).
         busy = plan.unanswered_outcome is CallOutcome.NO_ANSWER and self.last_leg_cause == 17
@@ -337,6 +343,16 @@ class CallSession:
             return None
         return await self._first_answer(legs, timeout_s)
 
+    def _journal_not_rung(self) -> None:
+        """One entry for the targets other calls took before their turn: when everybody
+        is on a call, a hunt through 600 managers made 600 entries per caller."""
+        if not self.not_rung:
+            return
+        staff, self.not_rung = self.not_rung, []
+        more = {"more": len(staff) - NOT_RUNG_KEPT} if len(staff) > NOT_RUNG_KEPT else {}
+        self.log_event(EventKind.NOT_RUNG, staff=staff[:NOT_RUNG_KEPT],
+                       reason="taken by another call", **more)
+
     async def _ringback(self) -> None:
         with contextlib.suppress(AriNotFound):
             await self.ari.ring(self.call.channel_id)
@@ -352,8 +368,7 @@ class CallSession:
         for target in targets:
             self._check_caller()
             if target.staff_id and not self.app.phones.reserve(target.staff_id, call_id):
-                self.log_event(EventKind.LEG_ENDED, staff=target.staff_id, reason="taken by "
-                               "another call")
+                self.not_rung.append(target.staff_id)  # journaled once per step
                 continue
             self._leg_seq += 1
             leg = Leg(f"{call_id}-{self._leg_seq}", target, self.app.clock())
@@ -601,19 +616,36 @@ class CallSession:
                 return False
         fmt = self.app.settings.recording_format
         spool = self.app.settings.local_recording_dir
-        moved = spool is not None and not announced  # a MixMonitor file beside us
         try:
-            if spool is not None and moved:
-                saved, closed = await self._moved(spool / f"{name}.{fmt}", name, fmt, started)
+            if spool is not None and not announced:  # a MixMonitor file beside us
+                source = spool / f"{name}.{fmt}"
+                closed = await self._closed_here(source, fmt)
+
+                async def move() -> SavedRecording:
+                    saved = await self.app.recordings.adopt(source, name, fmt, started)
+                    self._journal_kept(name, fmt, started, saved, closed=closed, taken="moved")
+                    return saved
+
+                # Once the file has left the spool its row must be written, even when
+                # pbxbrain is stopping: a kept file nobody can find is a lost one.
+                saved = await asyncio.shield(move())
             else:
                 async with self._fetched(name, fmt, wait_closed=not announced) as (data,
                                                                                    closed):
                     saved = await self.app.recordings.save(name, fmt, data, started)
+                self._journal_kept(name, fmt, started, saved, closed=closed,
+                                   taken="fetched")
+                with contextlib.suppress(AriError):
+                    await self.ari.delete_stored_recording(name)
         except (AriError, OSError) as exc:
             log.error("call %s: recording %s not kept: %s; it stays in Asterisk's spool",
                       self.call.call_id, name, exc)
             self.log_event(EventKind.ERROR, error=f"recording {name} not kept: {exc}")
             return False
+        return saved.duration_s is None or saved.duration_s > 0
+
+    def _journal_kept(self, name: str, fmt: str, started: datetime, saved: SavedRecording, *,
+                      closed: bool, taken: str) -> None:
         if not closed:
             self.log_event(EventKind.ERROR, error=f"recording {name} was still being written "
                            f"after {self.app.settings.recording_settle_s:g} s; its end may "
@@ -623,12 +655,7 @@ class CallSession:
             path=saved.relative_path, format=fmt, started_at=started,
             duration_s=saved.duration_s, size_bytes=saved.size_bytes))
         self.log_event(EventKind.RECORDING_FINISHED, name=name, path=saved.relative_path,
-                       duration_s=saved.duration_s, size_bytes=saved.size_bytes,
-                       taken="moved" if moved else "fetched")
-        if not moved:
-            with contextlib.suppress(AriError):
-                await self.ari.delete_stored_recording(name)
-        return saved.duration_s is None or saved.duration_s > 0
+                       duration_s=saved.duration_s, size_bytes=saved.size_bytes, taken=taken)
 
     async def _settle_tries(self, *, once: bool = False) -> AsyncGenerator[bool, None]:
         """Tries at a file Asterisk may still be closing: yields whether each is the last,
@@ -644,20 +671,21 @@ class CallSession:
             await asyncio.sleep(pause)
             pause *= 2
 
-    async def _moved(self, source: Path, name: str, fmt: str,
-                     started: datetime) -> tuple[SavedRecording, bool]:
-        """Move a MixMonitor file from Asterisk's spool on this host once Asterisk closed
-        it (see ``_fetched``); and whether it had."""
+    async def _closed_here(self, source: Path, fmt: str) -> bool:
+        """Wait until Asterisk closed a MixMonitor file in its spool on this host (see
+        ``_fetched``); whether it did within ``recording_settle_s``. FileNotFoundError
+        when it never appeared."""
         async with contextlib.aclosing(self._settle_tries()) as tries:
             async for last_try in tries:
                 try:
-                    closed = fmt != "wav" or wav_file_closed(source)  # a 44-byte read
+                    # An 8-byte read, on a thread all the same: the spool may be a mount.
+                    closed = fmt != "wav" or await asyncio.to_thread(wav_file_closed, source)
                 except FileNotFoundError:
                     if last_try:
                         raise
                     continue
                 if closed or last_try:
-                    return await self.app.recordings.adopt(source, name, fmt, started), closed
+                    return closed
         raise AssertionError("the last try returns or raises")
 
     @contextlib.asynccontextmanager
@@ -742,6 +770,7 @@ class CallSession:
     async def _cleanup(self) -> None:
         """Nothing outlives the call: legs hung up, bridges destroyed, managers freed, and
         a caller sent back to the dialplan is no longer recorded into this call's file."""
+        self._journal_not_rung()  # a hunt the caller left in the middle of
         if self.caller_gone is None:
             await self._stop_mix_monitor()
         for leg in self.legs.values():

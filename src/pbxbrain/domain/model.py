@@ -45,6 +45,7 @@ class EventKind(enum.StrEnum):
     ANSWERED = "answered"  # a channel was answered
     RINGING = "ringing"  # a target is being rung
     LEG_ENDED = "leg_ended"  # a rung target did not take the call (busy, no answer, ...)
+    NOT_RUNG = "not_rung"  # targets of a ring step taken by other calls before their turn
     PLAYED = "played"  # a prompt was played to the caller
     REJECTED = "rejected"  # refused without answering (blacklist)
     BRIDGED = "bridged"
