@@ -185,7 +185,8 @@ class Daemon:
 
     async def stop(self) -> None:
         """Graceful stop: callers to the dialplan, flush the journal, close links."""
-        log.info("stopping: handing live calls back to the dialplan")
+        log.info("stopping: ringing callers go back to the dialplan, conversations go on "
+                 "for the next pbxbrain to adopt")
         await self.stasis.stop()
         if self.db_ready.is_set() and not await self.journal.drain(5.0):
             log.error("stopping with %d journal writes not stored: %s",

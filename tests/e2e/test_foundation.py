@@ -8,7 +8,7 @@ import pytest
 
 from pbxbrain.adapters.stasis import EVENT_TYPES
 from pbxbrain.domain.model import CallOutcome, Direction, EventKind
-from tests.e2e.conftest import JournalReader
+from tests.e2e.conftest import JournalReader, assert_recorded
 from tests.support.asterisk import Sandbox, ari_get, sandbox, wait_for
 from tests.support.daemon import Daemon
 
@@ -128,3 +128,87 @@ def test_given_pbxbrain_is_killed_while_ringing_then_the_restart_hands_the_calle
     assert call.outcome is CallOutcome.DIALPLAN
     assert EventKind.RECOVERED in [e.kind for e in journal.journal(call_id)]
 
+
+
+def wait_bridged(journal: JournalReader, number: str) -> str:
+    """The id of ``number``'s call, once it is bridged with a manager."""
+
+    def bridged() -> str | None:
+        calls = journal.calls(number)
+        if calls and any(e.kind is EventKind.BRIDGED for e in journal.journal(calls[0].call_id)):
+            return calls[0].call_id
+        return None
+
+    return wait_for("the conversation", bridged)
+
+
+def assert_adopted_and_closed(journal: JournalReader, live_asterisk: Sandbox, number: str,
+                              call_id: str) -> None:
+    """Adopted once by the new process, closed as ivanov's answered call, bridge gone."""
+    call = journal.wait_closed_call(number)
+    assert call.outcome is CallOutcome.ANSWERED
+    assert call.answered_by == "ivanov"
+    entries = journal.journal(call_id)
+    assert [e.data["how"] for e in entries if e.kind is EventKind.RECOVERED] == [
+        "conversation adopted after a restart"]
+    assert EventKind.HANGUP in [e.kind for e in entries]
+    assert not [b for b in live_asterisk.bridges() if b["id"] == f"{call_id}-bridge"]
+
+
+@pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM"])
+def test_given_pbxbrain_restarts_during_a_conversation_then_it_goes_on_and_is_closed_at_its_end(
+    daemon: Daemon, live_asterisk: Sandbox, journal: JournalReader, how: str
+) -> None:
+    # A restart (an upgrade, a crash) must cut nobody off: the conversation stays bridged
+    # and recorded in Asterisk, and the new process adopts it.
+    number = "+7916444558" + ("1" if how == "SIGKILL" else "2")
+    ivanov = live_asterisk.phone("101")  # answers and talks until the caller hangs up
+    caller = live_asterisk.call_in_background(DID, number, "caller_waits.xml", talk_ms=8000)
+    try:
+        call_id = wait_bridged(journal, number)
+        if how == "SIGKILL":
+            daemon.kill()
+        else:
+            assert daemon.stop() == 0  # hands the conversation over at once
+        daemon.start()
+        daemon.wait_ready()
+        wait_for("the adoption", lambda: EventKind.RECOVERED in
+                 [e.kind for e in journal.journal(call_id)] or None)
+        (bridge,) = [b for b in live_asterisk.bridges() if b["id"] == f"{call_id}-bridge"]
+        assert len(bridge["channels"]) == 2, bridge  # still talking
+
+        result = caller.wait()  # hangs up after its 8 s
+        assert result.ok, result.output
+        assert ivanov.wait().ok  # hung up by the new pbxbrain, when the caller left
+    finally:
+        caller.stop()
+        ivanov.stop()
+
+    assert_adopted_and_closed(journal, live_asterisk, number, call_id)
+    assert_recorded(daemon, journal, call_id, 6.0, 10.0)  # the whole conversation
+
+
+def test_given_the_caller_hangs_up_while_pbxbrain_is_down_then_the_restart_ends_the_talk(
+    daemon: Daemon, live_asterisk: Sandbox, journal: JournalReader
+) -> None:
+    # The manager is left alone in the bridge: the new process hangs him up, keeps the
+    # recording and closes the call as answered.
+    number = "+79164445583"
+    ivanov = live_asterisk.phone("101")
+    caller = live_asterisk.call_in_background(DID, number, "caller_waits.xml", talk_ms=3000)
+    try:
+        call_id = wait_bridged(journal, number)
+        daemon.kill()
+        result = caller.wait()  # hangs up while pbxbrain is down
+        assert result.ok, result.output
+        (bridge,) = [b for b in live_asterisk.bridges() if b["id"] == f"{call_id}-bridge"]
+        assert len(bridge["channels"]) == 1, bridge  # ivanov, alone
+        daemon.start()
+        daemon.wait_ready()
+        assert ivanov.wait().ok  # hung up by the new pbxbrain
+    finally:
+        caller.stop()
+        ivanov.stop()
+
+    assert_adopted_and_closed(journal, live_asterisk, number, call_id)
+    assert_recorded(daemon, journal, call_id, 1.5, 5.0)

@@ -92,7 +92,8 @@ class ClickToCallSession(CallSession):
         except CallerGone:
             outcome = CallOutcome.ABANDONED  # the manager hung up before the client answered
         except asyncio.CancelledError:
-            await self._finish(CallOutcome.FAILED, None, reason="pbxbrain stopping")
+            if not self._hand_over():  # a conversation goes on for the next pbxbrain
+                await self._finish(CallOutcome.FAILED, None, reason="pbxbrain stopping")
             raise
         except Exception as exc:
             log.exception("click-to-call %s failed", call.call_id)

@@ -45,6 +45,7 @@ from pbxbrain.adapters.ari import (
     AriEvent,
     AriNotFound,
     AriUnavailable,
+    Bridge,
     CallerId,
     Channel,
     ChannelDestroyed,
@@ -186,6 +187,8 @@ class CallSession:
         self.last_leg_cause = 0
         self._leg_seq = 0
         self.not_rung: list[str] = []  # staff of this ring step taken by other calls
+        self.handed_over = False  # stopping mid-conversation: left to the next pbxbrain
+        self.conversing = False  # both sides bridged, waiting for one to leave
 
     @property
     def ari(self) -> AriClient:
@@ -249,6 +252,8 @@ class CallSession:
         except CallerGone:
             outcome = CallOutcome.ABANDONED
         except asyncio.CancelledError:
+            if self._hand_over():
+                raise
             # pbxbrain is stopping: the caller goes to the dialplan's fallback, not silence.
             await self._cleanup()
             if self.caller_gone is None:
@@ -269,6 +274,38 @@ class CallSession:
                 outcome = CallOutcome.ABANDONED
         finally:
             await self._cleanup()
+        await self._close_call(outcome, answered_by, plan)
+
+    def _hand_over(self) -> bool:
+        """pbxbrain is stopping: a conversation in progress is left as it is, bridged and
+        recorded in Asterisk, for the next pbxbrain to adopt (``StasisApp._adopt``);
+        nothing of it is hung up or closed here. True if it was one."""
+        self.handed_over = self.conversing and self.caller_gone is None
+        return self.handed_over
+
+    async def resume(self, leg: Leg, bridge_id: str, talk_started: datetime,
+                     recording: _TalkRecording | None, answered_by: str | None) -> None:
+        """A conversation a previous pbxbrain process bridged, adopted after a restart:
+        see it to its end, then close the call as answered."""
+        try:
+            await self._converse(leg, bridge_id, talk_started, recording)
+        except asyncio.CancelledError:
+            self._hand_over()
+            raise
+        except Exception as exc:
+            log.exception("call %s: adopted conversation failed in pbxbrain",
+                          self.call.call_id)
+            self.log_event(EventKind.ERROR, error=repr(exc))
+        finally:
+            await self._cleanup()
+            if answered_by and not self.handed_over:
+                self.app.phones.release(answered_by, self.call.call_id)
+        await self._close_call(CallOutcome.ANSWERED, answered_by, None)
+
+    async def _close_call(self, outcome: CallOutcome, answered_by: str | None,
+                      plan: Plan | None) -> None:
+        """Once the caller left: close the call with its outcome and follow-ups."""
+        call = self.call
         ended = await self._wait_until_left()
         data: dict[str, object] = {}
         if answered_by:
@@ -505,7 +542,12 @@ class CallSession:
         recording: _TalkRecording | None = None
         if record:
             recording = await self._record_talk(bridge_id, f"{call_id}-talk")
-        # Talk until either side leaves.
+        await self._converse(leg, bridge_id, now, recording)
+
+    async def _converse(self, leg: Leg, bridge_id: str, now: datetime,
+                        recording: _TalkRecording | None) -> None:
+        """Talk until either side leaves; hang up the other; keep the recording."""
+        self.conversing = True
         while True:
             if self.caller_gone is not None:
                 break
@@ -515,6 +557,7 @@ class CallSession:
                           ChannelLeftBridge) and isinstance(channel, Channel) and (
                     channel.id == leg.channel_id):
                 break
+        self.conversing = False  # from here on, a stop lets the session finish
         self.log_event(EventKind.HANGUP, by="caller" if self.caller_gone is not None
                        else leg.target.staff_id or "client",
                        talk_s=round((self.app.clock() - now).total_seconds(), 3))
@@ -770,6 +813,8 @@ class CallSession:
     async def _cleanup(self) -> None:
         """Nothing outlives the call: legs hung up, bridges destroyed, managers freed, and
         a caller sent back to the dialplan is no longer recorded into this call's file."""
+        if self.handed_over:
+            return
         self._journal_not_rung()  # a hunt the caller left in the middle of
         if self.caller_gone is None:
             await self._stop_mix_monitor()
@@ -825,6 +870,7 @@ class StasisApp:
         self.clock = clock
         self._routes: dict[str, CallSession] = {}  # channel/bridge/playback id -> session
         self._sessions: dict[str, CallSession] = {}  # call id -> session
+        self._recovering = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
         self.accepting = True
         self.calls_started = 0
@@ -1031,9 +1077,19 @@ class StasisApp:
             _LEG_ID.fullmatch(channel.id))
 
     async def recover_orphans(self, orphans: list[Channel]) -> None:
-        """Take care of calls a previous pbxbrain process left behind."""
+        """Take care of calls a previous pbxbrain process left behind (one at a time: two
+        reconnects in a row must not both take the same call)."""
+        async with self._recovering:
+            await self._recover(orphans)
+
+    async def _recover(self, orphans: list[Channel]) -> None:
+        orphans = [c for c in orphans if c.id not in self._routes]  # taken meanwhile
         rescued: set[str] = set()
+        bridges = await self._our_bridges()
+        in_bridges = {c for bridge in bridges.values() for c in bridge.channels}
         for channel in orphans:
+            if channel.id in in_bridges:
+                continue  # a conversation: adopted below once the database is read
             args = channel.app_data.split(",")[1:]
             if _LEG_ID.fullmatch(channel.id) or args[:1] == ["leg"]:
                 log.warning("hanging up leg %s left by a previous run", channel.name)
@@ -1048,10 +1104,29 @@ class StasisApp:
         try:
             open_calls = await self.store.open_calls()
         except Exception as exc:
+            # Conversations go on meanwhile; they are adopted at the next reconnect.
             log.warning("cannot read unfinished calls to recover them: %s", exc)
             return
+        adopted: set[str] = set()
         for call in open_calls:
-            if call.node != self.settings.node or call.call_id in self._sessions:
+            bridge = bridges.get(f"{call.call_id}-bridge")
+            if (bridge is not None and call.node == self.settings.node
+                    and call.answered_at is not None and call.call_id not in self._sessions
+                    and await self._adopt(call, bridge)):
+                adopted.add(call.call_id)
+        by_id = {c.id: c for c in orphans}
+        for bridge_id, bridge in bridges.items():  # a bridge with no conversation of ours
+            if bridge_id.removesuffix("-bridge") in adopted | set(self._sessions):
+                continue
+            for channel_id in by_id.keys() & set(bridge.channels):
+                if _LEG_ID.fullmatch(channel_id):
+                    await self._safe_hangup(channel_id)
+                else:
+                    await self.rescue(channel_id, None, by_id[channel_id].exten)
+                    rescued.add(channel_id)
+        for call in open_calls:
+            if (call.node != self.settings.node or call.call_id in self._sessions
+                    or call.call_id in adopted):
                 continue
             now = self.clock()
             how = ("handed to the dialplan fallback" if call.channel_id in rescued
@@ -1068,6 +1143,74 @@ class StasisApp:
             log.warning("call %s from %s: closed as %s after a restart (%s)", call.call_id,
                         call.caller, outcome.value, how)
 
+    async def _our_bridges(self) -> dict[str, Bridge]:
+        """pbxbrain's call bridges (``<call id>-bridge``) no session of this process owns:
+        conversations a previous process left, or what is left of them."""
+        try:
+            bridges = await self.ari.bridges()
+        except AriError as exc:
+            log.warning("cannot list bridges to find conversations to adopt: %s", exc)
+            return {}
+        return {b.id: b for b in bridges
+                if b.id.endswith("-bridge") and b.id not in self._routes}
+
+    async def _adopt(self, call: CallSummary, bridge: Bridge) -> bool:
+        """Take over a conversation a previous pbxbrain process bridged: it goes on, and
+        this process hangs up the other side, keeps the recording and closes the call
+        when one side leaves (at once when one already left while it was down)."""
+        if call.answered_at is None:
+            return False
+        try:
+            entries = await self.store.journal(call.call_id)
+        except Exception as exc:
+            log.warning("call %s: cannot read its journal to adopt it: %s", call.call_id, exc)
+            return False
+        # The other side: the bridge's leg (a recorder channel of ARI's bridge recording
+        # is not one), or a leg id no channel has when it already left.
+        leg_id = next((c for c in bridge.channels
+                       if c != call.channel_id and _LEG_ID.fullmatch(c)), f"{call.call_id}-0")
+        started = [e.data for e in entries if e.kind is EventKind.RECORDING_STARTED]
+        recording = (_TalkRecording(str(started[-1].get("name")),
+                                    mixmonitor=started[-1].get("via") == "mixmonitor")
+                     if started else None)
+        session = CallSession(self, InboundCall(
+            call_id=call.call_id, channel_id=call.channel_id, caller=call.caller,
+            caller_raw=call.caller_raw, dialed=call.dialed, at=call.started_at,
+            caller_name=call.caller_name, direction=call.direction, node=call.node))
+        staff = call.answered_by or "" if call.direction is Direction.INBOUND else ""
+        leg = Leg(leg_id, Target(staff, "", kind="desk" if staff else "client"),
+                  call.answered_at, answered=True)
+        session.caller_answered = session.ringback_sent = True
+        session.talk_started = call.answered_at
+        session.manager = call.answered_by
+        session.legs[leg_id] = leg
+        session.bridges.add(bridge.id)
+        session.mixmonitor_on = recording is not None and recording.mixmonitor
+        if call.answered_by:
+            self.phones.reserve(call.answered_by, call.call_id)
+        for key in (call.channel_id, leg_id, bridge.id):
+            self.route(key, session)
+        if recording is not None and not recording.mixmonitor:
+            self.route(recording.name, session)
+        self._sessions[call.call_id] = session
+        # Events of these channels were not routed until now: one that left meanwhile (or
+        # while pbxbrain was down) is told to the session as gone.
+        for channel_id in (call.channel_id, leg_id):
+            try:
+                await self.ari.channel(channel_id)
+            except AriNotFound:
+                session.feed(ChannelDestroyed("ChannelDestroyed", self.clock(), {},
+                                              _gone_channel(channel_id), 0, "gone"))
+            except AriError:
+                pass  # its events will tell
+        self.journal.event(call.call_id, self.clock(), EventKind.RECOVERED,
+                           how="conversation adopted after a restart")
+        log.warning("call %s from %s: conversation with %s adopted after a restart",
+                    call.call_id, call.caller, call.answered_by)
+        self._spawn(session.resume(leg, bridge.id, call.answered_at, recording,
+                                   call.answered_by), session)
+        return True
+
     async def _responsible_of(self, call_id: str) -> str | None:
         """Who the plan made responsible, as journaled when the call was routed."""
         try:
@@ -1083,12 +1226,14 @@ class StasisApp:
     async def stop(self, timeout_s: float = 5.0) -> None:
         """Stop taking calls; hand ringing callers to the dialplan; wait for the sessions.
 
-        Calls already bridged go on in Asterisk (the bridge holds them) and are closed in
-        the journal when their session notices the end, or by the deadline.
+        Conversations in progress are handed over: they go on in Asterisk, bridged and
+        recorded, and the next pbxbrain adopts them (``recover_orphans``), so a restart
+        cuts nobody off. Sessions whose caller already left finish their work (the
+        recording, the journal) until the deadline.
         """
         self.accepting = False
         for session in list(self._sessions.values()):
-            if session.caller_gone is None and not session.bridges and session.task:
+            if session.caller_gone is None and session.task:
                 session.task.cancel()
         if self._tasks:
             _, pending = await asyncio.wait(set(self._tasks), timeout=timeout_s)
