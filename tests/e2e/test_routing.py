@@ -37,17 +37,25 @@ def events(journal: JournalReader, call_id: str, kind: EventKind) -> list[dict[s
     return [dict(e.data) for e in journal.journal(call_id) if e.kind is kind]
 
 
+def ivanov_answers(live_asterisk: Sandbox, journal: JournalReader, number: str, *,
+                   talk_ms: int) -> CallSummary:
+    """``number`` calls the round-robin line, ivanov (first in turn) answers; the call,
+    closed as answered once the caller hung up after ``talk_ms``."""
+    ivanov = live_asterisk.phone("101")
+    caller = live_asterisk.call_from_pstn(ROUND_ROBIN, number, "caller_waits.xml",
+                                          talk_ms=talk_ms)
+    finish(ivanov)
+    assert caller.ok, caller.output
+    call = journal.wait_closed_call(number)
+    assert call.outcome is CallOutcome.ANSWERED
+    return call
+
+
 def test_given_round_robin_when_first_manager_answers_then_bridged_and_recorded(
     daemon: Daemon, live_asterisk: Sandbox, journal: JournalReader
 ) -> None:
-    ivanov = live_asterisk.phone("101")
-    caller = live_asterisk.call_from_pstn(ROUND_ROBIN, "+79161000001", "caller_waits.xml",
-                                          talk_ms=2000)
-    finish(ivanov)
-    assert caller.ok, caller.output
+    call = ivanov_answers(live_asterisk, journal, "+79161000001", talk_ms=2000)
 
-    call = journal.wait_closed_call("+79161000001")
-    assert call.outcome is CallOutcome.ANSWERED
     assert call.answered_by == "ivanov"
     assert call.line == "+74951000001"
     assert [e["staff"] for e in events(journal, call.call_id, EventKind.RINGING)] == ["ivanov"]
@@ -62,13 +70,7 @@ def test_given_ami_is_down_then_the_call_is_recorded_through_ari_instead(
                         ready=("ari", "database")) as daemon:
         journal = JournalReader(daemon.database_url)
         assert daemon.health()[1]["checks"]["ami"] != "ok"
-        ivanov = live_asterisk.phone("101")
-        caller = live_asterisk.call_from_pstn(ROUND_ROBIN, "+79161000011", "caller_waits.xml",
-                                              talk_ms=1500)
-        finish(ivanov)
-        assert caller.ok, caller.output
-        call = journal.wait_closed_call("+79161000011")
-        assert call.outcome is CallOutcome.ANSWERED
+        call = ivanov_answers(live_asterisk, journal, "+79161000011", talk_ms=1500)
         assert_recorded(daemon, journal, call.call_id, 0.5, 3.0, via="bridge",
                         taken="fetched")
 

@@ -51,6 +51,7 @@ from pbxbrain.adapters.db import (
     Outbox,
     SqlAccess,
     UtcDateTime,
+    executing,
     table_of,
 )
 from pbxbrain.domain.model import DeliveryFailure, PendingDelivery
@@ -196,7 +197,7 @@ class SqlOutbox(SqlAccess):
     async def delivered(self, delivery_ids: Collection[int], at: datetime) -> None:
         """Mark rows delivered (the first time only) and release their leases."""
         params = {"b_ids": list(delivery_ids), "b_at": at}
-        await self._run(lambda conn: conn.execute(_DELIVERED, params).rowcount, write=True)
+        await self._run(executing(_DELIVERED, params), write=True)
 
     async def delivery_failed(self, delivery_id: int, error: str, retry_at: datetime) -> None:
         """Count a failed attempt, keep its error, schedule the next one, release the lease."""

@@ -29,9 +29,9 @@ from __future__ import annotations
 import asyncio
 import threading
 import weakref
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any, Final, TypeVar
@@ -66,6 +66,7 @@ from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.pool import ConnectionPoolEntry
+from sqlalchemy.sql.expression import Executable
 from sqlalchemy.types import TypeDecorator
 
 from pbxbrain.domain.model import (
@@ -95,6 +96,7 @@ __all__ = [
     "create_engine",
     "describe_url",
     "dispose_engine",
+    "executing",
     "normalize_url",
     "table_of",
 ]
@@ -415,9 +417,13 @@ class _SqliteThread:
         threads, self._threads = self._threads, {}
         loop = asyncio.get_running_loop()
         for thread in threads.values():
-            await loop.run_in_executor(thread, self.engine.dispose)
+            await loop.run_in_executor(thread, _nothing)  # behind the queued transactions
             thread.shutdown(wait=False)
         self.engine.dispose()
+
+
+def _nothing() -> None:
+    pass
 
 
 class _Abandoned(Exception):
@@ -539,8 +545,14 @@ def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def _ignore(_result: object) -> None:
-    """A write's result, not wanted."""
+def executing(stmt: Executable, params: Mapping[str, Any] | None = None,
+              ) -> Callable[[Connection], None]:
+    """A transaction function that runs one statement and wants nothing back."""
+
+    def run(conn: Connection) -> None:
+        conn.execute(stmt, params)
+
+    return run
 
 
 def _each(writes: Sequence[Callable[[Connection], None]], conn: Connection) -> None:
@@ -613,43 +625,41 @@ class SqlAccess:
 
     async def _run(self, fn: Callable[[Connection], _T], *, write: bool) -> _T:
         """Run ``fn`` in one transaction and return what it returns."""
-        if _BATCH.get() is not None:
-            raise RuntimeError("only deferrable writes (_batchable_write) may run inside a batch()")
-        try:
+        with self._transaction():
             if self._thread is not None:
                 return await self._thread.run(fn, write=write)
             async with (self._writer if write else self._engine).begin() as conn:
                 return await conn.run_sync(fn)
-        except Exception as exc:
-            translated = self._translated(exc)
-            if translated is exc:
-                raise
-            raise translated from exc
 
     @asynccontextmanager
     async def _tx(self, *, write: bool) -> AsyncIterator[AsyncConnection]:
+        with self._transaction():
+            async with (self._writer if write else self._engine).begin() as conn:
+                yield conn
+
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """The rules of both ways: none inside a batch; what a failure raises (a value
+        the statement could not bind, a naive datetime or a payload that is not JSON, is
+        the caller's bug, raised as the ValueError/TypeError it is; a connection failure
+        is StoreUnavailable; anything else is itself)."""
         if _BATCH.get() is not None:
             raise RuntimeError("only deferrable writes (_batchable_write) may run inside a batch()")
-        engine = self._writer if write else self._engine
         try:
-            async with engine.begin() as conn:
-                yield conn
-        except Exception as exc:
-            translated = self._translated(exc)
-            if translated is exc:
+            yield
+        except sa_exc.StatementError as exc:
+            if not isinstance(exc, sa_exc.DBAPIError) and isinstance(
+                    exc.orig, ValueError | TypeError):
+                raise exc.orig from exc
+            unavailable = as_store_unavailable(exc, self._engine.url)
+            if unavailable is None:
                 raise
-            raise translated from exc
-
-    def _translated(self, exc: Exception) -> Exception:
-        """What a failed transaction raises: a value the statement could not bind (naive
-        datetime, payload that is not JSON) is the caller's bug, raised as the
-        ValueError/TypeError it is; a connection failure is StoreUnavailable; anything
-        else is itself."""
-        if (isinstance(exc, sa_exc.StatementError) and not isinstance(exc, sa_exc.DBAPIError)
-                and isinstance(exc.orig, ValueError | TypeError)):
-            return exc.orig
-        unavailable = as_store_unavailable(exc, self._engine.url)
-        return exc if unavailable is None else unavailable
+            raise unavailable from exc
+        except Exception as exc:
+            unavailable = as_store_unavailable(exc, self._engine.url)
+            if unavailable is None or unavailable is exc:
+                raise
+            raise unavailable from exc
 
     def _insert(self, table: type[Base] | Table) -> postgresql.Insert | sqlite.Insert:
         if self._dialect == "postgresql":
@@ -732,7 +742,7 @@ class SqlCallStore(SqlAccess):
         """Raise StoreUnavailable when the database does not answer within ``ping_timeout``."""
         try:
             async with asyncio.timeout(self._ping_timeout):
-                await self._run(lambda conn: _ignore(conn.execute(select(1))), write=False)
+                await self._run(executing(select(1)), write=False)
         except TimeoutError as exc:
             raise StoreUnavailable(
                 f"database {describe_url(self._engine.url)} did not answer within"
@@ -797,7 +807,7 @@ class SqlCallStore(SqlAccess):
     async def mark_answered(self, call_id: str, at: datetime, by: str | None) -> None:
         """Record who answered and when (first answer wins; later calls are ignored)."""
         params = {"b_id": call_id, "b_at": at, "b_by": by}
-        await self._batchable_write(lambda conn: _ignore(conn.execute(_MARK_ANSWERED, params)))
+        await self._batchable_write(executing(_MARK_ANSWERED, params))
 
     async def close_call(
         self,
@@ -946,7 +956,7 @@ class SqlCallStore(SqlAccess):
         """Set a finished recording's duration and size (unknown ids are ignored)."""
         stmt = (update(Recording).where(Recording.id == recording_id)
                 .values(duration_s=duration_s, size_bytes=size_bytes))
-        await self._batchable_write(lambda conn: _ignore(conn.execute(stmt)))
+        await self._batchable_write(executing(stmt))
 
     async def recordings(self, call_id: str) -> list[RecordingInfo]:
         """A call's recordings, in the order they started."""
@@ -1006,7 +1016,7 @@ class SqlCallStore(SqlAccess):
         values = {"staff_id": staff_id, "call_id": call_id, "assigned_at": at}
         stmt = (self._insert(CallerManager).values(phone=phone, **values)
                 .on_conflict_do_update(index_elements=[CallerManager.phone], set_=values))
-        await self._batchable_write(lambda conn: _ignore(conn.execute(stmt)))
+        await self._batchable_write(executing(stmt))
 
 
 def _recording(row: RowMapping) -> RecordingInfo:

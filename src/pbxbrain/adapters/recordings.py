@@ -35,8 +35,13 @@ class SavedRecording:
 def wav_closed(data: bytes) -> bool:
     """True when a WAV file's RIFF header counts all its bytes: Asterisk writes the sizes
     when it closes the file, so an unfinished recording says 0."""
-    return (len(data) >= 44 and data[:4] == b"RIFF"
-            and int.from_bytes(data[4:8], "little") == len(data) - 8)
+    return len(data) >= 44 and _riff_counts(data[:8], len(data))
+
+
+def _riff_counts(head: bytes, size: int) -> bool:
+    """A RIFF header (its first 8 bytes) whose size counts all ``size`` bytes of the file."""
+    return (len(head) == 8 and head[:4] == b"RIFF"
+            and int.from_bytes(head[4:8], "little") == size - 8)
 
 
 def repair_wav_header(data: bytes) -> bytes:
@@ -68,10 +73,7 @@ def wav_file_closed(path: Path) -> bool:
     """``wav_closed`` of a file on disk, reading only its header (FileNotFoundError when
     Asterisk has not created it)."""
     with path.open("rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        head = f.read(8)
-    return (len(head) == 8 and head[:4] == b"RIFF"
-            and int.from_bytes(head[4:8], "little") == size - 8)
+        return _riff_counts(f.read(8), os.fstat(f.fileno()).st_size)
 
 
 def wav_duration(data: bytes | Path) -> float | None:
@@ -146,8 +148,9 @@ def _move(source: Path, target: Path, fmt: str) -> tuple[int, float | None]:
         else:
             copied = True
         if copied:
-            f.seek(0 if header is None else 44)
-            _copy_durably(f, header or b"", size - (0 if header is None else 44), target)
+            skip = 0 if header is None else 44  # the repaired header replaces the old one
+            f.seek(skip)
+            _copy_durably(f, header or b"", size - skip, target)
     _fsync_dir(target.parent)  # the new name is durable before the old one goes
     if copied:
         try:
@@ -155,8 +158,7 @@ def _move(source: Path, target: Path, fmt: str) -> tuple[int, float | None]:
         except OSError as exc:
             log.warning("recording %s kept, but could not be removed from Asterisk's "
                         "spool (%s); remove it by hand", source, exc)
-    size = target.stat().st_size
-    return size, wav_duration(target) if fmt.startswith("wav") else None
+    return target.stat().st_size, wav_duration(target) if fmt.startswith("wav") else None
 
 
 def _copy_durably(source: BinaryIO, head: bytes, length: int, target: Path) -> None:

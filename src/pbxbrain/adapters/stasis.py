@@ -216,6 +216,12 @@ class CallSession:
             self.caller_gone = _Ended(event.at, type(event).__name__)
         self.events.put_nowait(event)
 
+    def gone(self, channel_id: str, at: datetime, why: str) -> None:
+        """A channel of the call is gone and its events were missed (pbxbrain was not
+        connected, or not yet routing them): delivered as its ChannelDestroyed."""
+        self.feed(ChannelDestroyed("ChannelDestroyed", at, {}, _gone_channel(channel_id), 0,
+                                   why))
+
     async def next_event(self, deadline: float | None) -> AriEvent | None:
         """The next event, or None when the loop-time ``deadline`` passed."""
         if deadline is None:
@@ -1066,8 +1072,7 @@ class StasisApp:
         for session in list(self._sessions.values()):
             for channel_id in [session.call.channel_id, *session.legs]:
                 if channel_id not in alive:
-                    session.feed(ChannelDestroyed("ChannelDestroyed", self.clock(), {},
-                                                  _gone_channel(channel_id), 0, "vanished"))
+                    session.gone(channel_id, self.clock(), "vanished")
         orphans = [c for c in channels if c.id not in self._routes and self._ours(c)]
         self._spawn(self.recover_orphans(orphans), None)
 
@@ -1090,14 +1095,7 @@ class StasisApp:
         for channel in orphans:
             if channel.id in in_bridges:
                 continue  # a conversation: adopted below once the database is read
-            args = channel.app_data.split(",")[1:]
-            if _LEG_ID.fullmatch(channel.id) or args[:1] == ["leg"]:
-                log.warning("hanging up leg %s left by a previous run", channel.name)
-                await self._safe_hangup(channel.id)
-            else:
-                log.warning("caller %s (%s) was left in the app by a previous run; sending "
-                            "it to the dialplan fallback", channel.name, channel.caller.number)
-                await self.rescue(channel.id, None, channel.exten)
+            if await self._let_go(channel):
                 rescued.add(channel.id)
         if self.db_ready is not None:
             await self.db_ready.wait()
@@ -1111,19 +1109,14 @@ class StasisApp:
         for call in open_calls:
             bridge = bridges.get(f"{call.call_id}-bridge")
             if (bridge is not None and call.node == self.settings.node
-                    and call.answered_at is not None and call.call_id not in self._sessions
-                    and await self._adopt(call, bridge)):
+                    and call.call_id not in self._sessions and await self._adopt(call, bridge)):
                 adopted.add(call.call_id)
-        by_id = {c.id: c for c in orphans}
         for bridge_id, bridge in bridges.items():  # a bridge with no conversation of ours
             if bridge_id.removesuffix("-bridge") in adopted | set(self._sessions):
                 continue
-            for channel_id in by_id.keys() & set(bridge.channels):
-                if _LEG_ID.fullmatch(channel_id):
-                    await self._safe_hangup(channel_id)
-                else:
-                    await self.rescue(channel_id, None, by_id[channel_id].exten)
-                    rescued.add(channel_id)
+            for channel in orphans:
+                if channel.id in bridge.channels and await self._let_go(channel):
+                    rescued.add(channel.id)
         for call in open_calls:
             if (call.node != self.settings.node or call.call_id in self._sessions
                     or call.call_id in adopted):
@@ -1142,6 +1135,18 @@ class StasisApp:
                                 data={"reason": "pbxbrain restarted during the call"})
             log.warning("call %s from %s: closed as %s after a restart (%s)", call.call_id,
                         call.caller, outcome.value, how)
+
+    async def _let_go(self, channel: Channel) -> bool:
+        """An orphan channel nobody will take: a leg is hung up, a caller goes to the
+        dialplan fallback (True)."""
+        if _LEG_ID.fullmatch(channel.id) or channel.app_data.split(",")[1:2] == ["leg"]:
+            log.warning("hanging up leg %s left by a previous run", channel.name)
+            await self._safe_hangup(channel.id)
+            return False
+        log.warning("caller %s (%s) was left in the app by a previous run; sending it to the "
+                    "dialplan fallback", channel.name, channel.caller.number)
+        await self.rescue(channel.id, None, channel.exten)
+        return True
 
     async def _our_bridges(self) -> dict[str, Bridge]:
         """pbxbrain's call bridges (``<call id>-bridge``) no session of this process owns:
@@ -1199,8 +1204,7 @@ class StasisApp:
             try:
                 await self.ari.channel(channel_id)
             except AriNotFound:
-                session.feed(ChannelDestroyed("ChannelDestroyed", self.clock(), {},
-                                              _gone_channel(channel_id), 0, "gone"))
+                session.gone(channel_id, self.clock(), "gone")
             except AriError:
                 pass  # its events will tell
         self.journal.event(call.call_id, self.clock(), EventKind.RECOVERED,
