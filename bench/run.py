@@ -7,7 +7,9 @@ G.711 audio, the one SIPp "phone farm" answers at once and plays audio back):
 2. minimal: trunk → ``Stasis()`` → ``bench/minimal_stasis.py`` rings, bridges, records
    (MixMonitor through AMI, as pbxbrain);
 3. pbxbrain: trunk → ``Stasis()`` → pbxbrain (round-robin over many managers, presence,
-   journal in SQLite, recording fetched into its store).
+   journal in SQLite, recording fetched into its store);
+4. agi: the dialplan in charge: trunk ``pstn-agi`` → ``AGI()`` → the same pbxbrain
+   process decides the same way and runs ``Dial()`` (recorded by MixMonitor, journaled).
 
 For each rate: calls attempted/completed/answered/failed (a caller refused because nobody
 was free counts against the zero-failure rate), post-dial delay (PDD: the caller's INVITE
@@ -288,7 +290,8 @@ def post_dial_delays(sent: dict[str, float], rang: dict[str, float]) -> list[flo
 def run_load(box: Sandbox, column: str, rate: float, seconds: float, call_s: float,
              app_pid: int | None) -> Column:
     source, did = {"baseline": ("127.0.0.3", "1000"), "minimal": ("127.0.0.3", "2000"),
-                   "pbxbrain": ("127.0.0.2", "74951110000")}[column]
+                   "pbxbrain": ("127.0.0.2", "74951110000"),
+                   "agi": ("127.0.0.4", "74951110000")}[column]
     calls = max(1, int(rate * seconds))
     ast_pid = asterisk_pid(box.root)
     ast_cpu0 = cpu_seconds(ast_pid)
@@ -552,7 +555,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=10, help="load time per rate")
     parser.add_argument("--call-seconds", type=float, default=3, help="talk time per call")
     parser.add_argument("--managers", type=int, default=300)
-    parser.add_argument("--columns", default="baseline,minimal,pbxbrain")
+    parser.add_argument("--columns", default="baseline,minimal,pbxbrain,agi")
     parser.add_argument("--refine", type=int, default=3,
                         help="after the ladder, steps that narrow each column's highest "
                         "zero-failure rate: doubling past the ladder while nothing fails "
@@ -624,7 +627,7 @@ def main() -> int:
                                 *ARI, AMI_SECRET], cwd=REPO, preexec_fn=die_with_parent)  # noqa: PLW1509
     try:
         wait_for("pbxbrain health", _healthy, 30)
-        pids = {"pbxbrain": app.pid, "minimal": minimal.pid}
+        pids = {"pbxbrain": app.pid, "agi": app.pid, "minimal": minimal.pid}
 
         def step(column: str, rate: float) -> Column:
             print(f"{column:9s} {rate:5g} cps ...", end=" ", flush=True)
@@ -764,29 +767,35 @@ def summarize(report: Report) -> dict[str, Any]:
             ok = col.rate
         return ok
 
-    out: dict[str, Any] = {f"max_zero_failure_cps_{c}": best(c)
-                           for c in ("baseline", "minimal", "pbxbrain")}
-    if out["max_zero_failure_cps_baseline"]:
-        out["zero_failure_ratio_pbxbrain_vs_baseline"] = round(
-            out["max_zero_failure_cps_pbxbrain"] / out["max_zero_failure_cps_baseline"], 2)
-    for c in ("baseline", "minimal", "pbxbrain"):
+    present = [c for c in ("baseline", "minimal", "pbxbrain", "agi")
+               if any(col.column == c for col in report.columns)]
+    out: dict[str, Any] = {f"max_zero_failure_cps_{c}": best(c) for c in present}
+    if out.get("max_zero_failure_cps_baseline"):
+        for c in ("pbxbrain", "agi"):
+            if c in present:
+                out[f"zero_failure_ratio_{c}_vs_baseline"] = round(
+                    out[f"max_zero_failure_cps_{c}"] / out["max_zero_failure_cps_baseline"], 2)
+    for c in present:
         out[f"max_cps_answer_p99_under_{GOOD_ANSWER_P99_MS}ms_{c}"] = good(c)
-    if out[f"max_cps_answer_p99_under_{GOOD_ANSWER_P99_MS}ms_baseline"]:
-        out[f"answer_under_{GOOD_ANSWER_P99_MS}ms_ratio_pbxbrain_vs_baseline"] = round(
-            out[f"max_cps_answer_p99_under_{GOOD_ANSWER_P99_MS}ms_pbxbrain"]
-            / out[f"max_cps_answer_p99_under_{GOOD_ANSWER_P99_MS}ms_baseline"], 2)
+    good_base = out.get(f"max_cps_answer_p99_under_{GOOD_ANSWER_P99_MS}ms_baseline")
+    for c in ("pbxbrain", "agi"):
+        if good_base and c in present:
+            out[f"answer_under_{GOOD_ANSWER_P99_MS}ms_ratio_{c}_vs_baseline"] = round(
+                out[f"max_cps_answer_p99_under_{GOOD_ANSWER_P99_MS}ms_{c}"] / good_base, 2)
     at20 = {c.column: c for c in report.columns if c.rate == 20}
-    for figure, name in (("pdd_ms_p99", "pdd"), ("answer_ms_p99", "answer_delay")):
-        ours, theirs = (getattr(at20[c], figure) if c in at20 else None
-                        for c in ("pbxbrain", "baseline"))
-        if ours is not None and theirs is not None:
-            out[f"added_{name}_p99_ms_at_20cps"] = round(ours - theirs, 1)
-    cpu = [c.app_cpu_ms_per_call for c in report.columns
-           if c.column == "pbxbrain" and c.app_cpu_ms_per_call is not None]
-    if cpu:
-        out["pbxbrain_cpu_s_per_1000_calls"] = round(max(cpu), 2)
+    for column, prefix in (("pbxbrain", ""), ("agi", "agi_")):
+        for figure, name in (("pdd_ms_p99", "pdd"), ("answer_ms_p99", "answer_delay")):
+            ours, theirs = (getattr(at20[c], figure) if c in at20 else None
+                            for c in (column, "baseline"))
+            if ours is not None and theirs is not None:
+                out[f"{prefix}added_{name}_p99_ms_at_20cps"] = round(ours - theirs, 1)
+    for column in ("pbxbrain", "agi"):
+        cpu = [c.app_cpu_ms_per_call for c in report.columns
+               if c.column == column and c.app_cpu_ms_per_call is not None]
+        if cpu:
+            out[f"{column}_cpu_s_per_1000_calls"] = round(max(cpu), 2)
     rss = [c.app_peak_rss_mb for c in report.columns
-           if c.column == "pbxbrain" and c.app_peak_rss_mb is not None]
+           if c.column in ("pbxbrain", "agi") and c.app_peak_rss_mb is not None]
     if rss:
         out["pbxbrain_peak_rss_mb"] = round(max(rss), 1)
     out["routing_core_decisions_per_second"] = report.routing_core.get("decisions_per_second")

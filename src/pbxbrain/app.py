@@ -1,7 +1,7 @@
 """Bootstrap: builds every object once from the config and runs them in order.
 
 Start order: database (migrate, in the background until it answers) → journal writer →
-AMI → ARI event stream (registers the Stasis app) → HTTP. Stop order is the reverse,
+AMI → ARI event stream (registers the Stasis app) → FastAGI → HTTP. Stop order is the reverse,
 with one rule first: stop taking calls and hand live callers back to the dialplan, so
 that nobody is left in silence while pbxbrain restarts.
 """
@@ -20,6 +20,8 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from pbxbrain.adapters.agi import AgiServer
+from pbxbrain.adapters.agi_calls import AgiCalls
 from pbxbrain.adapters.ami import AmiClient
 from pbxbrain.adapters.ari import AriClient, AriEventStream
 from pbxbrain.adapters.click_to_call import ClickToCallService
@@ -85,6 +87,10 @@ class Daemon:
             ),
             recorder=self.ami,
         )
+        # Calls the dialplan hands over by FastAGI: the same sessions, run as dialplan.
+        self.agi_calls = AgiCalls(self.stasis)
+        self.agi_server = (AgiServer(self.agi_calls.handle, ast.agi.host, ast.agi.port)
+                           if ast.agi.enabled else None)
         self.events = AriEventStream(self.ari, self.stasis.on_event, self.stasis.on_link,
                                      event_types=EVENT_TYPES)
         self.bus = EventBus()
@@ -136,6 +142,10 @@ class Daemon:
         self._spawn(self._migrate_until_done(), "database")
         await self.ami.start()
         self._spawn(self.events.run(), "ari-events")
+        if self.agi_server is not None:
+            await self.agi_server.start()
+            log.info("FastAGI on agi://%s:%d", self.config.asterisk.agi.host,
+                     self.agi_server.port)
         http_app = make_http_app(ApiDeps(
             config=self.config, health=self.health, store=self.store,
             recordings=self.store, recording_files=self.recordings,
@@ -187,6 +197,9 @@ class Daemon:
         """Graceful stop: callers to the dialplan, flush the journal, close links."""
         log.info("stopping: ringing callers go back to the dialplan, conversations go on "
                  "for the next pbxbrain to adopt")
+        await self.agi_calls.stop()
+        if self.agi_server is not None:
+            await self.agi_server.stop()
         await self.stasis.stop()
         if self.db_ready.is_set() and not await self.journal.drain(5.0):
             log.error("stopping with %d journal writes not stored: %s",

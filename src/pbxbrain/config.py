@@ -404,6 +404,24 @@ class _Model(BaseModel):
 # --------------------------------------------------------------------------------------------
 
 
+class _Listening(_Model):
+    """A server of pbxbrain's: ``listen`` is ``host:port``."""
+
+    listen: str
+
+    @property
+    def host(self) -> str:
+        """The host part of ``listen`` (brackets of an IPv6 address removed)."""
+        return _split_listen(self.listen)[0]
+
+    @property
+    def port(self) -> int:
+        """The port part of ``listen``."""
+        port = _split_listen(self.listen)[1]
+        assert port is not None  # checked by the validator
+        return port
+
+
 class AriConfig(_Model):
     """Asterisk REST Interface: where it listens and the app pbxbrain registers as."""
 
@@ -422,18 +440,33 @@ class AmiConfig(_Model):
     secret: SecretStr
 
 
+class AgiConfig(_Listening):
+    """The FastAGI server, for dialplans that keep Asterisk in charge of the call.
+
+    ``AGI(agi://<listen>/inbound,${EXTEN})`` hands a call to pbxbrain, which decides
+    its route and runs it as dialplan applications (``Dial``, ``Playback``, ...); see
+    ``asterisk-conf/extensions.conf``. ``enabled: false`` leaves the port closed (the
+    dialplan's safety net then takes every such call).
+    """
+
+    enabled: bool = True
+    listen: Annotated[str, AfterValidator(_check_listen)] = "127.0.0.1:4573"
+
+
 class AsteriskConfig(_Model):
     """How pbxbrain reaches its Asterisk node.
 
     ``trunk`` is the PJSIP endpoint towards the PSTN (outbound legs are
     ``PJSIP/<number>@<trunk>``); ``fallback_context`` is the dialplan context a call is
     handed back to when pbxbrain gives up on it (None: continue where the call came from).
+    ``agi``: where pbxbrain takes calls the dialplan hands it by FastAGI.
     """
 
     ari: AriConfig
     ami: AmiConfig
     trunk: Name
     fallback_context: Name | None = None
+    agi: Annotated[AgiConfig, BeforeValidator(_empty_mapping_if_none)] = AgiConfig()
 
 
 Scope = Literal["originate", "callback", "read", "recordings", "contacts", "admin"]
@@ -463,24 +496,12 @@ class RateLimits(_Model):
     event_streams_per_token: Annotated[int, Field(ge=1, le=1_000)] = 5
 
 
-class HttpConfig(_Model):
+class HttpConfig(_Listening):
     """The HTTP API server."""
 
     listen: Annotated[str, AfterValidator(_check_listen)] = "127.0.0.1:8090"
     tokens: Annotated[tuple[ApiToken, ...], BeforeValidator(_empty_list_if_none)] = ()
     rate_limits: Annotated[RateLimits, BeforeValidator(_empty_mapping_if_none)] = RateLimits()
-
-    @property
-    def host(self) -> str:
-        """The host part of ``listen`` (brackets of an IPv6 address removed)."""
-        return _split_listen(self.listen)[0]
-
-    @property
-    def port(self) -> int:
-        """The port part of ``listen``."""
-        port = _split_listen(self.listen)[1]
-        assert port is not None  # checked by the validator
-        return port
 
 
 class NumbersConfig(_Model):

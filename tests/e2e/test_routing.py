@@ -14,7 +14,7 @@ import pytest
 
 from pbxbrain.domain.model import CallOutcome, CallSummary, Direction, EventKind
 from tests.e2e.conftest import JournalReader, assert_recorded, running_daemon
-from tests.support.asterisk import Phone, Sandbox, SippResult, wait_for
+from tests.support.asterisk import PSTN, PSTN_AGI, Phone, Sandbox, SippResult, wait_for
 from tests.support.daemon import Daemon
 
 pytestmark = pytest.mark.asterisk
@@ -23,6 +23,9 @@ ROUND_ROBIN = "74951000001"
 RING_ALL = "74951000002"
 AFTER_HOURS = "74951000003"
 UNREGISTERED_FIRST = "74951000004"
+
+#: The same call through the Stasis app and, the dialplan in charge, by FastAGI.
+BOTH_WAYS = pytest.mark.parametrize("source", [PSTN, PSTN_AGI], ids=["stasis", "fastagi"])
 
 
 def finish(*phones: Phone) -> list[SippResult]:
@@ -188,10 +191,12 @@ def test_given_the_caller_hangs_up_while_ringing_then_abandoned_and_no_leg_left(
     live_asterisk.wait_idle(timeout_s=5)
 
 
+@BOTH_WAYS
 def test_given_a_blacklisted_caller_then_rejected_busy_without_ringing_anyone(
-    daemon: Daemon, live_asterisk: Sandbox, journal: JournalReader
+    daemon: Daemon, live_asterisk: Sandbox, journal: JournalReader, source: str
 ) -> None:
-    caller = live_asterisk.call_from_pstn(ROUND_ROBIN, "+79000000000", "caller_rejected.xml")
+    caller = live_asterisk.call_from_pstn(ROUND_ROBIN, "+79000000000", "caller_rejected.xml",
+                                          source=source)
     assert caller.ok, caller.output
 
     call = journal.wait_closed_call("+79000000000")
@@ -200,11 +205,12 @@ def test_given_a_blacklisted_caller_then_rejected_busy_without_ringing_anyone(
     assert not journal.recordings(call.call_id)
 
 
+@BOTH_WAYS
 def test_given_after_hours_then_greeting_and_voicemail_is_kept(
-    daemon: Daemon, live_asterisk: Sandbox, journal: JournalReader
+    daemon: Daemon, live_asterisk: Sandbox, journal: JournalReader, source: str
 ) -> None:
     caller = live_asterisk.call_from_pstn(AFTER_HOURS, "+79161000006", "caller_waits.xml",
-                                          talk_ms=8000)
+                                          talk_ms=8000, source=source)
     assert caller.ok, caller.output
 
     call = journal.wait_closed_call("+79161000006")
@@ -215,6 +221,7 @@ def test_given_after_hours_then_greeting_and_voicemail_is_kept(
     assert (daemon.recordings / rec.path).is_file()
     assert rec.duration_s is not None
     assert rec.duration_s > 1.0, rec
+    assert journal.wait_task("+79161000006").responsible is not None
 
 
 def test_given_20_concurrent_calls_then_round_robin_never_doubles_up_a_manager(
@@ -258,13 +265,14 @@ def test_given_20_concurrent_calls_then_round_robin_never_doubles_up_a_manager(
             assert set(skipped) | rang | not_rung >= {"ivanov", "petrov", "sidorov"}, routed
 
 
+@BOTH_WAYS
 def test_given_an_unknown_number_then_the_dialplan_fallback_takes_the_call(
-    daemon: Daemon, live_asterisk: Sandbox, journal: JournalReader
+    daemon: Daemon, live_asterisk: Sandbox, journal: JournalReader, source: str
 ) -> None:
     ivanov = live_asterisk.phone("101")  # the fallback group is 101 & 102
     petrov = live_asterisk.phone("102", "phone_no_answer.xml")
     caller = live_asterisk.call_from_pstn("74951999999", "+79161000007", "caller_waits.xml",
-                                          talk_ms=300)
+                                          talk_ms=300, source=source)
     finish(ivanov, petrov)
     assert caller.ok, caller.output
     call = journal.wait_closed_call("+79161000007")

@@ -98,6 +98,12 @@ class Phone:
             self.proc.communicate()
 
 
+#: Where the PSTN's SIPp callers come from: the trunk into the Stasis app (``pstn``), and
+#: the trunk whose calls the dialplan hands to pbxbrain by FastAGI (``pstn-agi``).
+PSTN = "127.0.0.2"
+PSTN_AGI = "127.0.0.4"
+
+
 @dataclass
 class Sandbox:
     """A running sandbox Asterisk."""
@@ -163,12 +169,13 @@ class Sandbox:
         return self.phone("pstn", scenario, address="127.0.0.2", port=5060, keys=keys)
 
     def call_in_background(self, did: str, caller: str, scenario: str, *,
-                           timeout_s: float = 30.0, **keys: str | int) -> Phone:
+                           timeout_s: float = 30.0, source: str = PSTN,
+                           **keys: str | int) -> Phone:
         """Like call_from_pstn, but SIPp runs in the background; ``wait()`` for it."""
         errors = f"/tmp/sipp-caller-{time.monotonic_ns()}.err"
         cmd = ["chroot", str(self.root), "sipp", "-sf", f"{SCENARIO_DIR_IN_CHROOT}/{scenario}",
                "-nostdin", "-timeout", f"{timeout_s:g}s", "-timeout_error", "-trace_err",
-               "-error_file", errors, "127.0.0.1:5060", "-i", "127.0.0.2", "-m", "1",
+               "-error_file", errors, "127.0.0.1:5060", "-i", source, "-m", "1",
                "-s", did, "-key", "caller", caller]
         for name, value in keys.items():
             cmd += ["-key", name, str(value)]
@@ -178,10 +185,13 @@ class Sandbox:
     def call_from_pstn(self, did: str, caller: str,
                        scenario: str = "caller_answered_remote_bye.xml", *, calls: int = 1,
                        rate: float | None = None, limit: int | None = None,
-                       timeout_s: float = 30.0, **keys: str | int) -> SippResult:
-        """Place ``calls`` calls from the PSTN side (127.0.0.2, the trunk) to ``did``;
-        ``keys`` fill the scenario's ``[name]`` fields (``talk_ms=2000``)."""
-        args = ["127.0.0.1:5060", "-i", "127.0.0.2", "-m", str(calls), "-s", did,
+                       timeout_s: float = 30.0, source: str = PSTN,
+                       **keys: str | int) -> SippResult:
+        """Place ``calls`` calls from the PSTN side to ``did``: from 127.0.0.2, the trunk
+        whose calls go to the Stasis app, or ``source=PSTN_AGI`` (127.0.0.4), the trunk
+        whose calls go to pbxbrain by FastAGI. ``keys`` fill the scenario's ``[name]``
+        fields (``talk_ms=2000``)."""
+        args = ["127.0.0.1:5060", "-i", source, "-m", str(calls), "-s", did,
                 "-key", "caller", caller]
         for name, value in keys.items():
             args += ["-key", name, str(value)]

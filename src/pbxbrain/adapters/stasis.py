@@ -970,6 +970,17 @@ class StasisApp:
         self.calls_started += 1
         self._spawn(session.run(), session, on_done)
 
+    def track(self, session: CallSession) -> None:
+        """A call pbxbrain runs outside Stasis (FastAGI): counted in ``active_calls``, and
+        left alone by the recovery of unfinished calls after a reconnect."""
+        self._sessions[session.call.call_id] = session
+        self.calls_started += 1
+
+    def untrack(self, session: CallSession) -> None:
+        """That call is over."""
+        if self._sessions.get(session.call.call_id) is session:
+            del self._sessions[session.call.call_id]
+
     def _spawn(self, coro: Coroutine[Any, Any, None], session: CallSession | None,
                on_done: Callable[[], None] | None = None) -> None:
         task = asyncio.create_task(coro)
