@@ -16,7 +16,7 @@ import pytest
 from pbxbrain.domain.model import CallOutcome, EventKind
 from tests.e2e.conftest import JournalReader, assert_recorded
 from tests.e2e.test_routing import RING_ALL, ROUND_ROBIN, events, finish
-from tests.support.asterisk import PSTN_AGI, Sandbox
+from tests.support.asterisk import PSTN_AGI, Sandbox, wait_for
 from tests.support.daemon import Daemon
 
 pytestmark = pytest.mark.asterisk
@@ -125,4 +125,72 @@ def test_given_pbxbrain_is_down_then_the_fastagi_safety_net_rings_the_fallback_g
                                           talk_ms=300, source=PSTN_AGI)
     finish(ivanov, petrov)
     assert caller.ok, caller.output
+    live_asterisk.wait_idle(timeout_s=5)
+
+
+def call_id_once(journal: JournalReader, number: str, kind: EventKind) -> str:
+    """The id of ``number``'s call once its journal has an entry of ``kind``."""
+    def seen() -> str | None:
+        calls = journal.calls(number)
+        if calls and any(e.kind is kind for e in journal.journal(calls[0].call_id)):
+            return calls[0].call_id
+        return None
+
+    return wait_for(f"{kind.value} in the journal of {number}'s call", seen)
+
+
+def test_given_pbxbrain_is_killed_during_a_fastagi_conversation_then_it_goes_on(
+    daemon: Daemon, live_asterisk: Sandbox, journal: JournalReader
+) -> None:
+    # The conversation is Asterisk's Dial: a dead pbxbrain cannot cut it; the next
+    # process closes the call as answered.
+    ivanov = live_asterisk.phone("101")
+    caller = live_asterisk.call_in_background(ROUND_ROBIN, "+79162000021", "caller_waits.xml",
+                                              talk_ms=4000, source=PSTN_AGI)
+    try:
+        call_id = call_id_once(journal, "+79162000021", EventKind.BRIDGED)
+        daemon.kill()
+        daemon.start()
+        daemon.wait_ready()
+        result = caller.wait()
+        assert result.ok, result.output  # talked for its whole 4 s, then hung up
+        assert ivanov.wait().ok
+    finally:
+        caller.stop()
+        ivanov.stop()
+
+    call = journal.wait_closed_call("+79162000021")
+    assert call.call_id == call_id
+    assert call.outcome is CallOutcome.ANSWERED
+    assert call.answered_by == "ivanov"
+    assert [e.data["how"] for e in journal.journal(call_id)
+            if e.kind is EventKind.RECOVERED] == ["the call goes on in the dialplan (FastAGI)"]
+    live_asterisk.wait_idle(timeout_s=5)
+
+
+def test_given_pbxbrain_is_killed_while_a_fastagi_call_rings_then_the_safety_net_has_it(
+    daemon: Daemon, live_asterisk: Sandbox, journal: JournalReader
+) -> None:
+    # Dial rings ivanov on (3 s) without pbxbrain; nobody answers, so the lines after
+    # AGI() ring the fallback group (101 & 102), where petrov answers.
+    ivanov = live_asterisk.phone("101", "phone_no_answer.xml", calls=2)
+    caller = live_asterisk.call_in_background(ROUND_ROBIN, "+79162000022", "caller_waits.xml",
+                                              talk_ms=6000, source=PSTN_AGI)
+    try:
+        call_id = call_id_once(journal, "+79162000022", EventKind.RINGING)
+        daemon.kill()
+        petrov = live_asterisk.phone("102")
+        daemon.start()
+        daemon.wait_ready()
+        assert petrov.wait().ok  # the fallback group reached him
+        result = caller.wait()
+        assert result.ok, result.output
+        assert ivanov.wait().ok  # rung twice: by pbxbrain's Dial, then by the fallback's
+    finally:
+        caller.stop()
+        ivanov.stop()
+
+    call = journal.wait_closed_call("+79162000022")
+    assert call.call_id == call_id
+    assert call.outcome is CallOutcome.DIALPLAN  # closed by the restart, caller still there
     live_asterisk.wait_idle(timeout_s=5)

@@ -17,7 +17,7 @@ from pbxbrain.adapters.agi import AgiChannel, AgiHangup
 from pbxbrain.adapters.agi_calls import AgiCalls, AgiCallSession
 from pbxbrain.adapters.stasis import StasisApp, StasisSettings
 from pbxbrain.domain.model import CallOutcome, Direction, EventKind, InboundCall
-from pbxbrain.domain.plan import Plan, Reject, Ring, RingMode, Target
+from pbxbrain.domain.plan import Plan, Play, Reject, Ring, RingMode, Target
 
 NOW = datetime(2026, 12, 1, 10, 0, tzinfo=UTC)
 IVANOV = Target("ivanov", "PJSIP/101")
@@ -88,18 +88,22 @@ class FakeAgi:
         self.sent: list[str] = []
         self.variables: dict[str, str] = {}
         self.dials = list(dials or [])
+        self.hang_up_in = ""
 
     async def command(self, line: str, *, timeout_s: float | None = None) -> object:
         self.sent.append(line)
         return None
 
     async def exec(self, app: str, args: str = "", *, timeout_s: float | None = None) -> object:
+        # Asterisk runs applications on a dead channel too: they end at once, -1.
         self.sent.append(f"EXEC {app} {args}".rstrip())
-        if self.hung_up:
-            raise AgiHangup(f"EXEC {app}: 511 dead channel")
+        if app == self.hang_up_in:
+            self.hung_up = True  # the caller hangs up while this application runs
         if app == "Dial":
-            self.variables["DIALSTATUS"] = self.dials.pop(0)()
-        return None
+            self.variables["DIALSTATUS"] = "CANCEL" if self.hung_up else self.dials.pop(0)()
+        if app == "Playback":
+            self.variables["PLAYBACKSTATUS"] = "FAILED" if self.hung_up else "SUCCESS"
+        return SimpleNamespace(result=-1 if self.hung_up else 0)
 
     async def get_variable(self, name: str) -> str | None:
         return self.variables.get(name)
@@ -109,6 +113,8 @@ class FakeAgi:
 
     async def answer(self) -> None:
         self.sent.append("ANSWER")
+        if self.hung_up:
+            raise AgiHangup("ANSWER: 511 dead channel")
 
     async def hangup(self) -> None:
         self.sent.append("HANGUP")
@@ -331,3 +337,82 @@ async def test_given_an_unknown_request_then_nothing_is_done() -> None:
     await calls.handle(cast(AgiChannel, agi))
 
     assert agi.sent == []
+
+
+async def test_given_a_prompt_before_the_ring_then_the_talk_counts_from_the_answer() -> None:
+    # ANSWEREDTIME counts from the caller's own answer, which the prompt made: not used.
+    agi = FakeAgi()
+    plan = Plan(steps=(Play("pls-hold-while-try"), Ring((IVANOV,), RingMode.ALL, 5)),
+                line="+74951234567", source=None, rule="route")
+    session, journal = make_session(plan, agi)
+    agi.dials = [answered_by(session, IVANOV, talk_ms=40_000)]
+
+    await session.run()
+
+    assert agi.sent[:2] == ["ANSWER", "EXEC Playback pls-hold-while-try"]
+    (hangup,) = journal.of(EventKind.HANGUP)
+    assert hangup["talk_s"] < 40  # from the answer pbxbrain was told of, by its clock
+    assert journal.of(EventKind.PLAYED) == [{"prompt": "pls-hold-while-try"}]
+
+
+async def test_given_a_sequential_hunt_over_taken_managers_then_one_not_rung_entry() -> None:
+    agi = FakeAgi([lambda: "NOANSWER"])
+    targets = tuple(Target(f"m{i}", f"PJSIP/{100 + i}") for i in range(5))
+    session, journal = make_session(ring(*targets, mode=RingMode.SEQUENTIAL), agi,
+                                    FakePhones(taken={"m0", "m1", "m3", "m4"}))
+
+    await session.run()
+
+    assert journal.of(EventKind.NOT_RUNG) == [{"staff": ["m0", "m1", "m3", "m4"],
+                                               "reason": "taken by another call"}]
+
+
+async def test_given_a_department_caller_id_then_the_phones_see_it_not_the_caller() -> None:
+    agi = FakeAgi([lambda: "NOANSWER"])
+    plan = Plan(steps=(Ring((IVANOV,), RingMode.ALL, 5, caller_id="+74951234567"),),
+                line=None, source=None, rule="outbound")
+    session, _ = make_session(plan, agi)
+
+    await session.run()
+
+    assert "EXEC Dial PJSIP/101,5,gU(pbxbrain-answered^c1)o(+74951234567)" in agi.sent
+    assert not [line for line in agi.sent if "CALLERID" in line]
+
+
+async def test_given_a_ring_all_longer_than_asterisk_takes_then_the_safety_net_has_it(
+) -> None:
+    agi = FakeAgi()
+    targets = tuple(Target(f"m{i}", f"PJSIP/manager-{i:04d}") for i in range(200))
+    phones = FakePhones()
+    session, journal = make_session(ring(*targets), agi, phones)
+
+    await session.run()
+
+    assert agi.sent == ["SET PBXBRAIN_RESULT=fallback"]
+    assert not journal.of(EventKind.RINGING)  # nobody reserved, rung or popped up
+    assert phones.reserved == {}
+    assert journal.closed_as[0][0] is CallOutcome.DIALPLAN
+
+
+async def test_given_two_mobiles_through_one_trunk_then_dials_number_tells_them_apart(
+) -> None:
+    other = Target("petrov", "PJSIP/+79167654321@pstn", kind="mobile")
+    session, _ = make_session(ring(MOBILE, other), FakeAgi())
+    session._dialing = (MOBILE, other)
+
+    assert session.target_of("PJSIP/pstn-0000002c", "+79167654321@pstn") == other
+    assert session.target_of("PJSIP/pstn-0000002c") is None  # ambiguous: nobody guessed
+
+
+async def test_given_the_caller_hangs_up_during_the_prompt_then_abandoned_quietly() -> None:
+    agi = FakeAgi()
+    agi.hang_up_in = "Playback"
+    plan = Plan(steps=(Play("after-hours"),), line=None, source=None, rule="after_hours",
+                unanswered_outcome=CallOutcome.AFTER_HOURS)
+    session, journal = make_session(plan, agi)
+
+    await session.run()
+
+    assert agi.sent == ["ANSWER", "EXEC Playback after-hours"]
+    assert journal.closed_as[0][0] is CallOutcome.ABANDONED
+    assert not journal.of(EventKind.ERROR)  # not "prompt not played"

@@ -381,7 +381,8 @@ class AgiServer:
 
     A header that is incomplete at EOF, too big, malformed or late (``header_timeout_s``)
     closes the connection without calling the handler (one WARNING line). Past
-    ``max_sessions`` connections are closed at once (AGISTATUS=FAILURE in Asterisk).
+    ``max_sessions`` connections are closed at once (Asterisk still reports AGISTATUS=SUCCESS
+    for a connection it made: the dialplan must read a variable pbxbrain sets, not that).
     """
 
     def __init__(self, handler: AgiHandler, host: str = "127.0.0.1", port: int = 4573, *,

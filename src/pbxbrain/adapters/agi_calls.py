@@ -41,7 +41,14 @@ import uuid
 from datetime import datetime, timedelta
 from typing import Final
 
-from pbxbrain.adapters.agi import AgiChannel, AgiClosed, AgiError, AgiHangup
+from pbxbrain.adapters.agi import (
+    MAX_COMMAND_BYTES,
+    AgiChannel,
+    AgiClosed,
+    AgiError,
+    AgiHangup,
+    agi_quote,
+)
 from pbxbrain.adapters.stasis import (
     MIXMONITOR_FORMATS,
     CallerGone,
@@ -58,6 +65,10 @@ log = logging.getLogger(__name__)
 
 #: The variable the dialplan's safety net reads after the AGI (see the module's rule 5).
 RESULT_VARIABLE: Final = "PBXBRAIN_RESULT"
+
+#: Set on the answering phone's channel once pbxbrain was told of the answer (and started
+#: the recording, when the plan records): else the subroutine records the call itself.
+TOLD_VARIABLE: Final = "PBXBRAIN_TOLD"
 
 #: The dialplan subroutine Dial runs on the phone that answers (``U()`` option).
 ANSWERED_SUBROUTINE: Final = "pbxbrain-answered"
@@ -76,6 +87,10 @@ _KINDS: Final = {"inbound": Direction.INBOUND, "internal": Direction.INTERNAL,
                  "outbound": Direction.OUTBOUND}
 
 
+class _TooLong(Exception):
+    """A ring step Asterisk cannot take over AGI in one command."""
+
+
 class AgiCallSession(CallSession):
     """One call handed over by FastAGI: its plan run as dialplan applications."""
 
@@ -90,6 +105,7 @@ class AgiCallSession(CallSession):
         self._record = False  # the Dial in progress is to be recorded
         self._recording: str | None = None  # the talk's recording name, once started
         self._result = ""  # what PBXBRAIN_RESULT says now
+        self._closed = False  # closed in the journal by a stop
 
     # -- the call ------------------------------------------------------------------
     async def run(self) -> None:
@@ -109,6 +125,10 @@ class AgiCallSession(CallSession):
                 outcome, answered_by = await self.execute(plan)
         except (CallerGone, AgiHangup):
             outcome, answered_by = self._after_hangup()
+        except _TooLong:
+            outcome = CallOutcome.DIALPLAN
+            with contextlib.suppress(AgiError):
+                await self._to_fallback("a ring step too long for AGI")
         except asyncio.CancelledError:
             self._stopping(plan)
             raise
@@ -125,7 +145,8 @@ class AgiCallSession(CallSession):
             self.log_event(EventKind.ERROR, error=repr(exc))
             outcome, answered_by = self._after_failure()
         finally:
-            self._journal_not_rung()
+            if not self._closed:
+                self._journal_not_rung()
             self.app.phones.release_all(call.call_id)
         self._left()
         await self._close_call(outcome, answered_by, plan)
@@ -145,18 +166,26 @@ class AgiCallSession(CallSession):
 
     def _stopping(self, plan: Plan | None) -> None:
         """pbxbrain stops: what Asterisk does without us, journaled as far as known."""
+        self._journal_not_rung()
+        self._closed = True
         self.app.phones.release_all(self.call.call_id)
         now = self.app.clock()
         if plan is None:
             self.journal.entered(self.call)
         if self._winner is not None:
+            by = self._answered_by(self._winner)
             reason = ("pbxbrain stopped during the conversation; it goes on in Asterisk, "
                       "its end is not journaled")
             if self._recording:
                 reason += f" and its recording stays in Asterisk's spool as {self._recording}"
-            self.journal.closed(self.call.call_id, CallOutcome.ANSWERED, now,
-                                data={"reason": reason,
-                                      "answered_by": self._answered_by(self._winner)})
+            self.journal.closed(
+                self.call.call_id, CallOutcome.ANSWERED, now,
+                outbox=self.app.follow_ups(self.call, plan, CallOutcome.ANSWERED, now, by),
+                data={"reason": reason, "answered_by": by})
+            manager = (self.app.router.manager_to_remember(plan, by)
+                       if plan is not None else None)
+            if manager is not None and self.call.caller.startswith("+"):
+                self.journal.remembered(self.call.call_id, self.call.caller, manager, now)
             return
         reason = ("pbxbrain stopped while phones rang; the dialplan's safety net takes the "
                   "call if nobody answers" if self._in_dial else
@@ -182,8 +211,8 @@ class AgiCallSession(CallSession):
     async def _to_fallback(self, reason: str) -> CallOutcome:
         """Back to the dialplan: the safety net sends the caller to the fallback context."""
         await self._set_result("fallback")
-        self.log_event(EventKind.CONTINUED, context=self.app.settings.fallback_context
-                       or "(after AGI)", reason=reason)
+        self.log_event(EventKind.CONTINUED, context="the dialplan's safety net after AGI()",
+                       reason=reason)
         return CallOutcome.DIALPLAN
 
     async def execute(self, plan: Plan) -> tuple[CallOutcome, str | None]:
@@ -206,11 +235,13 @@ class AgiCallSession(CallSession):
                 case Ring(targets=targets, mode=mode, timeout_s=timeout_s):
                     groups = [targets] if mode is RingMode.ALL else [(t,) for t in targets]
                     for group in groups:
+                        self._check_caller()
                         winner = await self._dial(group, timeout_s, caller_id=step.caller_id,
                                                   record=plan.record)
-                        self._journal_not_rung()
                         if winner is not None:
+                            self._journal_not_rung()
                             return CallOutcome.ANSWERED, self._answered_by(winner)
+                    self._journal_not_rung()
         self._check_caller()
         # Nobody took it: the plan ran out. The caller hears busy / no answer.
         busy = plan.unanswered_outcome is CallOutcome.NO_ANSWER and self.last_leg_cause == 17
@@ -234,6 +265,19 @@ class AgiCallSession(CallSession):
         """Ring ``targets`` with one Dial; the target who answered (after the
         conversation, which Dial holds), or None."""
         call_id = self.call.call_id
+        options = f"gU({ANSWERED_SUBROUTINE}^{call_id})"
+        if caller_id:  # shown to the called phones, not written over the caller's own
+            options += f"o({caller_id})"
+        longest = f"EXEC Dial {agi_quote(self._dial_args(targets, timeout_s, options))}"
+        if len(longest.encode()) + 1 > MAX_COMMAND_BYTES:
+            # Asterisk cuts AGI commands at 2 KB: ring fewer at once (a shorter step), or
+            # let the dialplan have the call rather than dial half a list.
+            log.error("call %s: a Dial of %d phones is longer than Asterisk takes over AGI "
+                      "(%d bytes); the dialplan's safety net takes the call; ring fewer "
+                      "people at once in this route", call_id, len(targets), len(longest))
+            self.log_event(EventKind.ERROR, error=f"Dial of {len(targets)} phones too long "
+                           "for AGI")
+            raise _TooLong
         free: list[Target] = []
         for target in targets:
             if target.staff_id and not self.app.phones.reserve(target.staff_id, call_id):
@@ -248,22 +292,25 @@ class AgiCallSession(CallSession):
             self.log_event(EventKind.RINGING, staff=target.staff_id, endpoint=target.endpoint,
                            target=target.kind, timeout_s=timeout_s)
             self.ringing(target.staff_id or None)
-        if caller_id:
-            await self.agi.set_variable("CALLERID(num)", caller_id)
+        answered_before = self.caller_answered
         await self._set_result("ringing")
         self._in_dial = True  # until Dial returns (a stop during it reads it)
-        await self.agi.exec("Dial", f"{'&'.join(t.endpoint for t in free)},{timeout_s},"
-                            f"gU({ANSWERED_SUBROUTINE}^{call_id})")
+        await self.agi.exec("Dial", self._dial_args(free, timeout_s, options))
         self._in_dial = False
         status = await self.agi.get_variable("DIALSTATUS") or ""
         if self._winner is None and status == "ANSWER":
-            await self._answer_not_told()
+            await self._answer_not_told(answered_before)
         winner = self._winner
         if winner is None:
             self._nobody_answered(free, status)
             return None
-        await self._conversation_over(winner)
+        await self._conversation_over(winner, answered_before)
         return winner
+
+    @staticmethod
+    def _dial_args(targets: tuple[Target, ...] | list[Target], timeout_s: int,
+                   options: str) -> str:
+        return f"{'&'.join(t.endpoint for t in targets)},{timeout_s},{options}"
 
     def _nobody_answered(self, free: list[Target], status: str) -> None:
         why = _DIAL_STATUS.get(status, status.lower() or "no answer")
@@ -275,17 +322,19 @@ class AgiCallSession(CallSession):
         if status == "CANCEL" or self.agi.hung_up:
             raise CallerGone
 
-    async def _answer_not_told(self) -> None:
+    async def _answer_not_told(self, answered_before: bool) -> None:
         """Dial says a phone answered but its subroutine never reached pbxbrain (the AGI
         was refused or failed): find who from Dial's variables; the dialplan recorded
         the call itself (``pbxbrain-fallback-<call id>.wav``)."""
         peer = await self.agi.get_variable("DIALEDPEERNAME") or ""
-        talk_ms = await self._milliseconds("ANSWEREDTIME_MS")
-        target = self._target_of(peer)
+        number = await self.agi.get_variable("DIALEDPEERNUMBER") or ""
+        # ANSWEREDTIME counts from the caller's own answer: the talk only when Dial did it.
+        talk_ms = None if answered_before else await self._milliseconds("ANSWEREDTIME_MS")
+        target = self.target_of(peer, number)
         if target is None:
-            log.error("call %s: Dial answered by %r, not one of the phones rung",
-                      self.call.call_id, peer)
-            target = self._dialing[0]
+            log.error("call %s: Dial answered by %r (%r), not one of the phones rung",
+                      self.call.call_id, peer, number)
+            target = Target("", number or peer)
         talk = timedelta(milliseconds=talk_ms or 0)
         self._record = False
         self.log_event(EventKind.ERROR, error=f"the answer of {peer} was not told to pbxbrain "
@@ -298,9 +347,11 @@ class AgiCallSession(CallSession):
         value = await self.agi.get_variable(variable) or ""
         return int(value) if value.isdigit() else None
 
-    async def _conversation_over(self, winner: Target) -> None:
+    async def _conversation_over(self, winner: Target, answered_before: bool) -> None:
         """Dial returned after a conversation: hang the caller up, keep the recording."""
-        talk_ms = await self._milliseconds("ANSWEREDTIME_MS")
+        # ANSWEREDTIME counts from the caller's own answer: the talk only when Dial did it
+        # (not after a prompt); else from the answer pbxbrain was told of.
+        talk_ms = None if answered_before else await self._milliseconds("ANSWEREDTIME_MS")
         talk_s = (talk_ms / 1000 if talk_ms is not None else
                   round((self.app.clock() - (self.talk_started or self.call.at))
                         .total_seconds(), 3))
@@ -346,7 +397,13 @@ class AgiCallSession(CallSession):
     def recording_path(self) -> str | None:
         """Where the answering phone's MixMonitor writes the talk (None: not recorded)."""
         fmt = self.app.settings.recording_format
-        if not self._record or fmt not in MIXMONITOR_FORMATS:
+        if not self._record:
+            return None
+        if fmt not in MIXMONITOR_FORMATS:
+            # Only a WAV file tells when Asterisk has closed it (see recordings.py).
+            log.error("call %s: recordings.format %s cannot be recorded over FastAGI (wav "
+                      "only); the call is not recorded", self.call.call_id, fmt)
+            self.log_event(EventKind.ERROR, error=f"format {fmt} not recorded over FastAGI")
             return None
         name = f"{self.call.call_id}-talk"
         return f"{self.app.settings.asterisk_recording_dir.rstrip('/')}/{name}.{fmt}"
@@ -358,24 +415,27 @@ class AgiCallSession(CallSession):
         self.log_event(EventKind.RECORDING_STARTED, name=name,
                        format=self.app.settings.recording_format, via="mixmonitor")
 
-    def target_of(self, channel_name: str) -> Target | None:
-        """Which target of the Dial in progress a channel (``PJSIP/101-0000002a``) is."""
-        return self._target_of(channel_name)
-
-    def _target_of(self, channel_name: str) -> Target | None:
+    def target_of(self, channel_name: str, dialed: str = "") -> Target | None:
+        """Which target of the Dial in progress answered: by the dial string's resource
+        Dial reports (``DIALEDPEERNUMBER``: ``101``, ``+79161234567@pstn``), else by the
+        channel's name (``PJSIP/101-0000002a``; a trunk's channels all look alike)."""
+        if dialed:
+            for target in self._dialing:
+                if target.endpoint.partition("/")[2] == dialed:
+                    return target
         base = channel_name.rpartition("-")[0] or channel_name
         for target in self._dialing:
             if target.endpoint == base:
                 return target
-        for target in self._dialing:  # through a trunk: PJSIP/+7916...@pstn is PJSIP/pstn-…
-            tech, _, rest = target.endpoint.partition("/")
-            trunk = rest.partition("@")[2]
-            if trunk and base == f"{tech}/{trunk}":
-                return target
-        return None
+        through = [t for t in self._dialing  # PJSIP/+7916...@pstn is PJSIP/pstn-…
+                   if "@" in t.endpoint and base == "{}/{}".format(
+                       t.endpoint.partition("/")[0], t.endpoint.partition("@")[2])]
+        return through[0] if len(through) == 1 else None
 
     async def _play(self, prompt: str) -> None:
-        await self.agi.exec("Playback", prompt)
+        played = await self.agi.exec("Playback", prompt)
+        if played.result < 0:  # the caller hung up (his HANGUP may come after this)
+            raise CallerGone
         self._check_caller()
         status = await self.agi.get_variable("PLAYBACKSTATUS")
         if status != "SUCCESS":
@@ -393,15 +453,17 @@ class AgiCallSession(CallSession):
         started = self.app.clock()
         self.log_event(EventKind.RECORDING_STARTED, name=name, box=box, voicemail=True)
         # Until # (or the maximum, or hang-up); 0: no offset; BEEP first.
-        await self.agi.command(f"RECORD FILE {path} {settings.recording_format} # "
-                               f"{settings.voicemail_max_s * 1000} 0 BEEP")
-        if self.agi.hung_up:
-            self._left()
-        kept = await self._keep_recording(name, started, announced=False)
-        if not self.agi.hung_up:
-            with contextlib.suppress(AgiHangup):
-                await self._set_result("done")
+        with contextlib.suppress(AgiHangup):  # hung up before: the message is what there is
+            await self.agi.command(f"RECORD FILE {path} {settings.recording_format} # "
+                                   f"{settings.voicemail_max_s * 1000} 0 BEEP")
+        # The caller is let go first: a stop while the file is kept must not send a
+        # caller who left a message to the fallback group.
+        with contextlib.suppress(AgiHangup):
+            await self._set_result("done")
+            if not self.agi.hung_up:
                 await self.agi.hangup()
+        self._left()
+        kept = await self._keep_recording(name, started, announced=False)
         if kept:
             self.voicemail_id = name
         return kept
@@ -423,8 +485,8 @@ class AgiCalls:
     async def handle(self, agi: AgiChannel) -> None:
         """One AGI request (``AgiServer`` handler)."""
         match agi.script, agi.args:
-            case "answered", (call_id, *_):
-                await self._answered(agi, call_id)
+            case "answered", (call_id, *rest):
+                await self._answered(agi, call_id, rest[0] if rest else "")
             case ("inbound" | "internal" | "outbound") as kind, args:
                 dialed = args[0] if args else agi.env.get("extension", "")
                 if not self.accepting:
@@ -467,38 +529,45 @@ class AgiCalls:
             self._calls.pop(call.call_id, None)
             self.app.untrack(session)
 
-    async def _answered(self, agi: AgiChannel, call_id: str) -> None:
-        """A phone answered a Dial of call ``call_id``: tell the call; record the talk."""
+    async def _answered(self, agi: AgiChannel, call_id: str, dialed: str) -> None:
+        """A phone answered a Dial of call ``call_id`` (``dialed``: Dial's
+        DIALEDPEERNUMBER of it): tell the call; record the talk. ``PBXBRAIN_TOLD=1`` says
+        so to the subroutine, which records the call itself otherwise."""
         channel = agi.env.get("channel", "")
         session = self._calls.get(call_id)
-        target = session.target_of(channel) if session is not None else None
+        target = session.target_of(channel, dialed) if session is not None else None
         if session is None or target is None:
-            # A call this process does not know (it restarted meanwhile): recorded the
-            # way the dialplan records the calls pbxbrain does not handle.
-            log.warning("phone %s answered call %s, which pbxbrain does not know; "
-                        "recording it as the dialplan fallback does", channel, call_id)
-            with contextlib.suppress(AgiError):
-                await agi.exec("MixMonitor", f"pbxbrain-fallback-{call_id}.wav")
+            # A call this process does not know (it restarted meanwhile): the subroutine
+            # records it the way the dialplan records the calls pbxbrain does not handle.
+            log.warning("phone %s (%s) answered call %s, which pbxbrain does not know; "
+                        "the dialplan records it", channel, dialed, call_id)
             return
         session.answered(target, agi.env.get("uniqueid", ""))
         path = session.recording_path()
-        if path is None:
-            return
-        try:
-            await agi.exec("MixMonitor", path)
-        except AgiError as exc:
-            log.error("call %s: MixMonitor on %s failed: %s; the call is not recorded",
-                      call_id, channel, exc)
-            session.log_event(EventKind.ERROR, error=f"recording failed: {exc}")
-            return
-        session.recording_started(path)
+        if path is not None:
+            try:
+                await agi.exec("MixMonitor", path)
+            except AgiError as exc:
+                log.error("call %s: MixMonitor on %s failed: %s; the dialplan records the "
+                          "call", call_id, channel, exc)
+                session.log_event(EventKind.ERROR, error=f"recording failed: {exc}")
+                return
+            session.recording_started(path)
+        await agi.set_variable(TOLD_VARIABLE, "1")
 
     async def stop(self, timeout_s: float = 3.0) -> None:
         """Stop taking calls; sessions end (journaled as far as known; what Asterisk still
         does, it does without pbxbrain: see the module's rule 5)."""
         self.accepting = False
-        tasks = [s.task for s in self._calls.values() if s.task is not None]
-        for task in tasks:
-            task.cancel()
+        tasks = {s.task for s in self._calls.values() if s.task is not None}
+        for session in self._calls.values():
+            # A session whose caller is already done (keeping a voicemail or the talk's
+            # recording) finishes its work until the deadline.
+            if session.task and session.caller_gone is None and not session.agi.hung_up:
+                session.task.cancel()
         if tasks:
-            await asyncio.wait(tasks, timeout=timeout_s)
+            _, pending = await asyncio.wait(tasks, timeout=timeout_s)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=1.0)

@@ -1085,20 +1085,22 @@ class StasisApp:
                 if channel_id not in alive:
                     session.gone(channel_id, self.clock(), "vanished")
         orphans = [c for c in channels if c.id not in self._routes and self._ours(c)]
-        self._spawn(self.recover_orphans(orphans), None)
+        self._spawn(self.recover_orphans(orphans, alive), None)
 
     def _ours(self, channel: Channel) -> bool:
         app, _, _ = channel.app_data.partition(",")
         return (channel.app_name == "Stasis" and app == self.ari.app) or bool(
             _LEG_ID.fullmatch(channel.id))
 
-    async def recover_orphans(self, orphans: list[Channel]) -> None:
+    async def recover_orphans(self, orphans: list[Channel],
+                              alive: set[str] | None = None) -> None:
         """Take care of calls a previous pbxbrain process left behind (one at a time: two
-        reconnects in a row must not both take the same call)."""
+        reconnects in a row must not both take the same call). ``alive``: the ids of
+        every channel Asterisk has now."""
         async with self._recovering:
-            await self._recover(orphans)
+            await self._recover(orphans, alive or set())
 
-    async def _recover(self, orphans: list[Channel]) -> None:
+    async def _recover(self, orphans: list[Channel], alive: set[str]) -> None:
         orphans = [c for c in orphans if c.id not in self._routes]  # taken meanwhile
         rescued: set[str] = set()
         bridges = await self._our_bridges()
@@ -1133,11 +1135,15 @@ class StasisApp:
                     or call.call_id in adopted):
                 continue
             now = self.clock()
+            # A caller still in Asterisk but not in this app came by FastAGI: his Dial, or
+            # the dialplan's safety net, goes on without pbxbrain.
+            in_dialplan = call.channel_id in rescued or call.channel_id in alive
             how = ("handed to the dialplan fallback" if call.channel_id in rescued
+                   else "the call goes on in the dialplan (FastAGI)" if in_dialplan
                    else "the call ended while pbxbrain was down")
             self.journal.event(call.call_id, now, EventKind.RECOVERED, how=how)
             outcome = (CallOutcome.ANSWERED if call.answered_at is not None
-                       else CallOutcome.DIALPLAN if call.channel_id in rescued
+                       else CallOutcome.DIALPLAN if in_dialplan
                        else CallOutcome.MISSED)
             responsible = await self._responsible_of(call.call_id)
             outbox = self.follow_ups(call, None, outcome, now, call.answered_by,
