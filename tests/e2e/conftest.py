@@ -157,6 +157,17 @@ class JournalReader:
         return wait_for(f"a closed call from {number} in the journal", closed, timeout_s)
 
 
+def call_id_once(journal: JournalReader, number: str, kind: EventKind) -> str:
+    """The id of ``number``'s newest call once its journal has an entry of ``kind``."""
+    def seen() -> str | None:
+        calls = journal.calls(number)
+        if calls and any(e.kind is kind for e in journal.journal(calls[0].call_id)):
+            return calls[0].call_id
+        return None
+
+    return wait_for(f"{kind.value} in the journal of {number}'s call", seen)
+
+
 def asterisk_spool() -> Path:
     """Asterisk's recording spool, as this host sees it (inside the sandbox's chroot)."""
     return Path(sandbox("root").stdout.strip()) / "var/spool/asterisk/recording"

@@ -14,9 +14,9 @@ import socket
 import pytest
 
 from pbxbrain.domain.model import CallOutcome, EventKind
-from tests.e2e.conftest import JournalReader, assert_recorded
+from tests.e2e.conftest import JournalReader, assert_recorded, call_id_once
 from tests.e2e.test_routing import RING_ALL, ROUND_ROBIN, events, finish
-from tests.support.asterisk import PSTN_AGI, Sandbox, wait_for
+from tests.support.asterisk import PSTN_AGI, Sandbox
 from tests.support.daemon import Daemon
 
 pytestmark = pytest.mark.asterisk
@@ -126,17 +126,6 @@ def test_given_pbxbrain_is_down_then_the_fastagi_safety_net_rings_the_fallback_g
     finish(ivanov, petrov)
     assert caller.ok, caller.output
     live_asterisk.wait_idle(timeout_s=5)
-
-
-def call_id_once(journal: JournalReader, number: str, kind: EventKind) -> str:
-    """The id of ``number``'s call once its journal has an entry of ``kind``."""
-    def seen() -> str | None:
-        calls = journal.calls(number)
-        if calls and any(e.kind is kind for e in journal.journal(calls[0].call_id)):
-            return calls[0].call_id
-        return None
-
-    return wait_for(f"{kind.value} in the journal of {number}'s call", seen)
 
 
 def test_given_pbxbrain_is_killed_during_a_fastagi_conversation_then_it_goes_on(

@@ -8,7 +8,7 @@ import pytest
 
 from pbxbrain.adapters.stasis import EVENT_TYPES
 from pbxbrain.domain.model import CallOutcome, Direction, EventKind
-from tests.e2e.conftest import JournalReader, assert_recorded
+from tests.e2e.conftest import JournalReader, assert_recorded, call_id_once
 from tests.support.asterisk import Sandbox, ari_get, sandbox, wait_for
 from tests.support.daemon import Daemon
 
@@ -101,14 +101,7 @@ def test_given_pbxbrain_is_killed_while_ringing_then_the_restart_hands_the_calle
     caller = live_asterisk.call_in_background(DID, "+79164445566", "caller_waits.xml",
                                               talk_ms=500)
     try:
-        def ringing() -> str | None:
-            calls = journal.calls("+79164445566")
-            if calls and any(e.kind is EventKind.RINGING
-                             for e in journal.journal(calls[0].call_id)):
-                return calls[0].call_id
-            return None
-
-        call_id = wait_for("pbxbrain to ring ivanov", ringing)
+        call_id = call_id_once(journal, "+79164445566", EventKind.RINGING)
         daemon.kill()  # SIGKILL: no goodbye, the caller sits in the Stasis app
         petrov = live_asterisk.phone("102")  # the dialplan fallback rings 101 & 102
         daemon.start()
@@ -128,18 +121,6 @@ def test_given_pbxbrain_is_killed_while_ringing_then_the_restart_hands_the_calle
     assert call.outcome is CallOutcome.DIALPLAN
     assert EventKind.RECOVERED in [e.kind for e in journal.journal(call_id)]
 
-
-
-def wait_bridged(journal: JournalReader, number: str) -> str:
-    """The id of ``number``'s call, once it is bridged with a manager."""
-
-    def bridged() -> str | None:
-        calls = journal.calls(number)
-        if calls and any(e.kind is EventKind.BRIDGED for e in journal.journal(calls[0].call_id)):
-            return calls[0].call_id
-        return None
-
-    return wait_for("the conversation", bridged)
 
 
 def assert_adopted_and_closed(journal: JournalReader, live_asterisk: Sandbox, number: str,
@@ -165,7 +146,7 @@ def test_given_pbxbrain_restarts_during_a_conversation_then_it_goes_on_and_is_cl
     ivanov = live_asterisk.phone("101")  # answers and talks until the caller hangs up
     caller = live_asterisk.call_in_background(DID, number, "caller_waits.xml", talk_ms=8000)
     try:
-        call_id = wait_bridged(journal, number)
+        call_id = call_id_once(journal, number, EventKind.BRIDGED)
         if how == "SIGKILL":
             daemon.kill()
         else:
@@ -197,7 +178,7 @@ def test_given_the_caller_hangs_up_while_pbxbrain_is_down_then_the_restart_ends_
     ivanov = live_asterisk.phone("101")
     caller = live_asterisk.call_in_background(DID, number, "caller_waits.xml", talk_ms=3000)
     try:
-        call_id = wait_bridged(journal, number)
+        call_id = call_id_once(journal, number, EventKind.BRIDGED)
         daemon.kill()
         result = caller.wait()  # hangs up while pbxbrain is down
         assert result.ok, result.output
