@@ -89,6 +89,7 @@ class Column:
     asterisk_cpu_ms_per_call: float | None = None
     app_peak_rss_mb: float | None = None
     retransmissions: int = 0
+    errors: dict[str, int] = field(default_factory=dict)  # SIPp's failed calls, by kind
 
 
 @dataclass
@@ -304,7 +305,8 @@ def run_load(box: Sandbox, column: str, rate: float, seconds: float, call_s: flo
             "-key", "talk_ms", str(int(call_s * 1000)), "-r", f"{rate:g}", "-m", str(calls),
             "-l", str(int(rate * (call_s + 10))), "-nostdin", "-timeout",
             f"{seconds + call_s + 60:g}s", "-trace_rtt", "-rtt_freq", "1",
-            "-trace_stat", "-fd", "1", "-stf", "stat.csv", "-trace_logs"]
+            "-trace_stat", "-fd", "1", "-stf", "stat.csv", "-trace_logs",
+            "-trace_err", "-error_file", "errors.log"]
     # SIPp writes its response-time trace into its working directory.
     proc = subprocess.run(
         ["chroot", str(box.root), "sh", "-c", 'cd "$0" && exec "$@"', inside, *sipp],
@@ -318,6 +320,7 @@ def run_load(box: Sandbox, column: str, rate: float, seconds: float, call_s: flo
     else:
         result.failed = calls
         print(proc.stdout[-2000:], proc.stderr[-2000:], file=sys.stderr)
+    result.errors = _error_kinds(workdir / "errors.log") if result.failed else {}
     rtts = [v for f in workdir.glob("*_rtt.csv") for v in _rtts(f)]
     result.answered = len(rtts)  # one sample per 200 OK (-rtt_freq 1)
     if rtts:
@@ -646,7 +649,8 @@ def main() -> int:
                   f"PDD p50/p99 {_f(col.pdd_ms_p50)}/{_f(col.pdd_ms_p99)} ms, answer "
                   f"{_f(col.answer_ms_p50)}/{_f(col.answer_ms_p99)} ms, app CPU "
                   f"{_f(col.app_cpu_ms_per_call)}, Asterisk CPU "
-                  f"{_f(col.asterisk_cpu_ms_per_call)} ms/call", flush=True)
+                  f"{_f(col.asterisk_cpu_ms_per_call)} ms/call"
+                  + (f"; failures: {col.errors}" if col.errors else ""), flush=True)
             return col
 
         for rate in rates:

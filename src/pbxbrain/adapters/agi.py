@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 
 #: The longest line read from Asterisk after the header (a GET VARIABLE's value, a usage).
 RESPONSE_LIMIT: Final = 64 * 1024
+#: Connections the kernel holds for us before we accept them (capped by somaxconn).
+ACCEPT_BACKLOG: Final = 1024
 #: The longest command Asterisk reads whole (its ``AGI_BUF_LEN`` of 2048, minus the NUL).
 MAX_COMMAND_BYTES: Final = 2047
 
@@ -410,8 +412,12 @@ class AgiServer:
         if self._server is not None or self._stopping:
             raise RuntimeError("AgiServer.start() called twice")
         try:
+            # A deep accept queue: Asterisk gives a connect 2 s (MAX_AGI_CONNECT), and
+            # with asyncio's default of 100, a busy second at 80 calls/s overflowed it
+            # (the caller then went to the safety net, the answer went untold).
             self._server = await asyncio.start_server(
-                self._accept, self._host, self._port, limit=self._max_header_bytes)
+                self._accept, self._host, self._port, limit=self._max_header_bytes,
+                backlog=ACCEPT_BACKLOG)
         except OSError as exc:
             error = OSError(f"FastAGI server cannot listen on {self._host}:{self._port}: "
                             f"{exc}")
