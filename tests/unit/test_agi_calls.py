@@ -375,7 +375,7 @@ async def test_given_a_department_caller_id_then_the_phones_see_it_not_the_calle
 
     await session.run()
 
-    assert "EXEC Dial PJSIP/101,5,gU(pbxbrain-answered^c1)o(+74951234567)" in agi.sent
+    assert "EXEC Dial PJSIP/101,5,gU(pbxbrain-answered^c1)f(+74951234567)" in agi.sent
     assert not [line for line in agi.sent if "CALLERID" in line]
 
 

@@ -267,7 +267,7 @@ class AgiCallSession(CallSession):
         call_id = self.call.call_id
         options = f"gU({ANSWERED_SUBROUTINE}^{call_id})"
         if caller_id:  # shown to the called phones, not written over the caller's own
-            options += f"o({caller_id})"
+            options += f"f({caller_id})"
         longest = f"EXEC Dial {agi_quote(self._dial_args(targets, timeout_s, options))}"
         if len(longest.encode()) + 1 > MAX_COMMAND_BYTES:
             # Asterisk cuts AGI commands at 2 KB: ring fewer at once (a shorter step), or
