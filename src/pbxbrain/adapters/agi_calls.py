@@ -59,7 +59,6 @@ from pbxbrain.adapters.stasis import (
 from pbxbrain.domain.model import CallOutcome, Direction, EventKind, InboundCall
 from pbxbrain.domain.phone import normalize_caller, to_e164
 from pbxbrain.domain.plan import Plan, Play, Reject, Ring, RingMode, Target, Voicemail
-from pbxbrain.domain.routing import plan_to_journal
 
 log = logging.getLogger(__name__)
 
@@ -115,10 +114,7 @@ class AgiCallSession(CallSession):
         answered_by: str | None = None
         plan: Plan | None = None
         try:
-            plan, self.contact = await self.app.router.plan(call, self.app.clock())
-            self.plan = plan
-            self.journal.entered(call, line=plan.line, source=plan.source)
-            self.log_event(EventKind.ROUTED, **plan_to_journal(plan))
+            plan = await self.decide()
             if plan.fallback:
                 outcome = await self._to_fallback("no rules for this number")
             else:

@@ -246,10 +246,7 @@ class CallSession:
         answered_by: str | None = None
         plan: Plan | None = None
         try:
-            plan, self.contact = await self.app.router.plan(call, self.app.clock())
-            self.plan = plan
-            self.journal.entered(call, line=plan.line, source=plan.source)
-            self.log_event(EventKind.ROUTED, **plan_to_journal(plan))
+            plan = await self.decide()
             if plan.fallback:
                 await self.app.rescue(call.channel_id, call.call_id, call.dialed)
                 outcome = CallOutcome.DIALPLAN
@@ -281,6 +278,14 @@ class CallSession:
         finally:
             await self._cleanup()
         await self._close_call(outcome, answered_by, plan)
+
+    async def decide(self) -> Plan:
+        """The call's plan (and the caller's contact), journaled as the call's start."""
+        plan, self.contact = await self.app.router.plan(self.call, self.app.clock())
+        self.plan = plan
+        self.journal.entered(self.call, line=plan.line, source=plan.source)
+        self.log_event(EventKind.ROUTED, **plan_to_journal(plan))
+        return plan
 
     def _hand_over(self) -> bool:
         """pbxbrain is stopping: a conversation in progress is left as it is, bridged and
