@@ -58,7 +58,7 @@ from pbxbrain.adapters.stasis import (
 )
 from pbxbrain.domain.model import CallOutcome, Direction, EventKind, InboundCall
 from pbxbrain.domain.phone import normalize_caller, to_e164
-from pbxbrain.domain.plan import Plan, Play, Reject, Ring, RingMode, Target, Voicemail
+from pbxbrain.domain.plan import Plan, Target
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +104,6 @@ class AgiCallSession(CallSession):
         self._record = False  # the Dial in progress is to be recorded
         self._recording: str | None = None  # the talk's recording name, once started
         self._result = ""  # what PBXBRAIN_RESULT says now
-        self._closed = False  # closed in the journal by a stop
 
     # -- the call ------------------------------------------------------------------
     async def run(self) -> None:
@@ -120,13 +119,13 @@ class AgiCallSession(CallSession):
             else:
                 outcome, answered_by = await self.execute(plan)
         except (CallerGone, AgiHangup):
-            outcome, answered_by = self._after_hangup()
+            outcome, answered_by = self._unfinished(caller_left=True)
         except _TooLong:
             outcome = CallOutcome.DIALPLAN
             with contextlib.suppress(AgiError):
                 await self._to_fallback("a ring step too long for AGI")
         except asyncio.CancelledError:
-            self._stopping(plan)
+            await self._stopped(plan)
             raise
         except Exception as exc:
             if plan is None:
@@ -139,49 +138,40 @@ class AgiCallSession(CallSession):
                               "safety net takes it", call.call_id,
                               self.agi.env.get("channel", "?"))
             self.log_event(EventKind.ERROR, error=repr(exc))
-            outcome, answered_by = self._after_failure()
+            outcome, answered_by = self._unfinished(caller_left=self.agi.hung_up)
         finally:
-            if not self._closed:
-                self._journal_not_rung()
+            self._journal_not_rung()
             self.app.phones.release_all(call.call_id)
         self._left()
         await self._close_call(outcome, answered_by, plan)
 
-    def _after_hangup(self) -> tuple[CallOutcome, str | None]:
-        self._left()
+    def _unfinished(self, *, caller_left: bool) -> tuple[CallOutcome, str | None]:
+        """The outcome of a plan cut short: answered once a phone did; else abandoned
+        when the caller left, or the dialplan's (PBXBRAIN_RESULT is not "done": the
+        safety net has him)."""
+        if caller_left:
+            self._left()
         if self._winner is not None:
             return CallOutcome.ANSWERED, self._answered_by(self._winner)
-        return CallOutcome.ABANDONED, None
-
-    def _after_failure(self) -> tuple[CallOutcome, str | None]:
-        if self._winner is not None:
-            return CallOutcome.ANSWERED, self._answered_by(self._winner)
-        if self.agi.hung_up:
+        if caller_left:
             return CallOutcome.ABANDONED, None
-        return CallOutcome.DIALPLAN, None  # PBXBRAIN_RESULT is not "done": the safety net
+        return CallOutcome.DIALPLAN, None
 
-    def _stopping(self, plan: Plan | None) -> None:
+    async def _stopped(self, plan: Plan | None) -> None:
         """pbxbrain stops: what Asterisk does without us, journaled as far as known."""
         self._journal_not_rung()
-        self._closed = True
         self.app.phones.release_all(self.call.call_id)
         now = self.app.clock()
         if plan is None:
             self.journal.entered(self.call)
         if self._winner is not None:
-            by = self._answered_by(self._winner)
             reason = ("pbxbrain stopped during the conversation; it goes on in Asterisk, "
                       "its end is not journaled")
             if self._recording:
                 reason += f" and its recording stays in Asterisk's spool as {self._recording}"
-            self.journal.closed(
-                self.call.call_id, CallOutcome.ANSWERED, now,
-                outbox=self.app.follow_ups(self.call, plan, CallOutcome.ANSWERED, now, by),
-                data={"reason": reason, "answered_by": by})
-            manager = (self.app.router.manager_to_remember(plan, by)
-                       if plan is not None else None)
-            if manager is not None and self.call.caller.startswith("+"):
-                self.journal.remembered(self.call.call_id, self.call.caller, manager, now)
+            self._left()
+            await self._close_call(CallOutcome.ANSWERED, self._answered_by(self._winner),
+                                   plan, reason=reason)
             return
         reason = ("pbxbrain stopped while phones rang; the dialplan's safety net takes the "
                   "call if nobody answers" if self._in_dial else
@@ -211,39 +201,19 @@ class AgiCallSession(CallSession):
                        reason=reason)
         return CallOutcome.DIALPLAN
 
-    async def execute(self, plan: Plan) -> tuple[CallOutcome, str | None]:
-        """Run the plan's steps; returns the outcome and who answered."""
-        for step in plan.steps:
-            self._check_caller()
-            match step:
-                case Reject(cause=cause):
-                    await self._set_result("done")
-                    await self.agi.exec("Hangup", str(_CAUSES.get(cause, 17)))
-                    self.log_event(EventKind.REJECTED, cause=cause, why=step.why)
-                    return CallOutcome.REJECTED, None
-                case Play(prompt=prompt):
-                    await self._answer_caller()
-                    await self._play(prompt)
-                case Voicemail(box=box):
-                    await self._answer_caller()
-                    left = await self._voicemail(box)
-                    return (CallOutcome.VOICEMAIL if left else plan.unanswered_outcome), None
-                case Ring(targets=targets, mode=mode, timeout_s=timeout_s):
-                    groups = [targets] if mode is RingMode.ALL else [(t,) for t in targets]
-                    for group in groups:
-                        self._check_caller()
-                        winner = await self._dial(group, timeout_s, caller_id=step.caller_id,
-                                                  record=plan.record)
-                        if winner is not None:
-                            self._journal_not_rung()
-                            return CallOutcome.ANSWERED, self._answered_by(winner)
-                    self._journal_not_rung()
-        self._check_caller()
-        # Nobody took it: the plan ran out. The caller hears busy / no answer.
-        busy = plan.unanswered_outcome is CallOutcome.NO_ANSWER and self.last_leg_cause == 17
+    # -- how the steps reach Asterisk (their order is CallSession.execute's) ----------
+    async def _reject(self, cause: str) -> None:
         await self._set_result("done")
-        await self.agi.exec("Hangup", str(_CAUSES["busy" if busy else "no_answer"]))
-        return (CallOutcome.BUSY if busy else plan.unanswered_outcome), None
+        await self.agi.exec("Hangup", str(_CAUSES.get(cause, 17)))
+
+    async def _ring_step(self, group: tuple[Target, ...], timeout_s: int,
+                         caller_id: str | None, plan: Plan) -> str | None:
+        winner = await self._dial(group, timeout_s, caller_id=caller_id, record=plan.record)
+        return None if winner is None else self._answered_by(winner)
+
+    async def _end_unanswered(self, reason: str) -> None:
+        await self._set_result("done")
+        await self.agi.exec("Hangup", str(_CAUSES[reason]))
 
     def _answered_by(self, target: Target) -> str:
         return (self.plan.manager if self.plan is not None and self.plan.manager

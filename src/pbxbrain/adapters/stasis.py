@@ -314,11 +314,12 @@ class CallSession:
         await self._close_call(CallOutcome.ANSWERED, answered_by, None)
 
     async def _close_call(self, outcome: CallOutcome, answered_by: str | None,
-                      plan: Plan | None) -> None:
-        """Once the caller left: close the call with its outcome and follow-ups."""
+                          plan: Plan | None, *, reason: str | None = None) -> None:
+        """Once the caller left: close the call with its outcome and follow-ups
+        (``reason``: why it is closed before its end, journaled with it)."""
         call = self.call
         ended = await self._wait_until_left()
-        data: dict[str, object] = {}
+        data: dict[str, object] = {} if reason is None else {"reason": reason}
         if answered_by:
             data["answered_by"] = answered_by
         if plan is not None and outcome is not CallOutcome.ANSWERED and plan.responsible:
@@ -335,12 +336,16 @@ class CallSession:
                  f" by {answered_by}" if answered_by else "")
 
     async def execute(self, plan: Plan) -> tuple[CallOutcome, str | None]:
-        """Run the plan's steps; returns the outcome and who answered."""
+        """Run the plan's steps; returns the outcome and who answered.
+
+        The order of the steps is this one method's; how each reaches Asterisk is the
+        session's: ARI requests here, dialplan applications over FastAGI in
+        ``AgiCallSession`` (``_reject``, ``_ring_step``, ``_end_unanswered``, ...)."""
         for step in plan.steps:
             self._check_caller()
             match step:
                 case Reject(cause=cause):
-                    await self.ari.hangup(self.call.channel_id, cause)
+                    await self._reject(cause)
                     self.log_event(EventKind.REJECTED, cause=cause, why=step.why)
                     return CallOutcome.REJECTED, None
                 case Play(prompt=prompt):
@@ -353,18 +358,37 @@ class CallSession:
                 case Ring(targets=targets, mode=mode, timeout_s=timeout_s):
                     groups = [targets] if mode is RingMode.ALL else [(t,) for t in targets]
                     for group in groups:
-                        leg = await self._ring(group, timeout_s, caller_id=step.caller_id)
-                        if leg is not None:
+                        self._check_caller()
+                        by = await self._ring_step(group, timeout_s, step.caller_id, plan)
+                        if by is not None:
                             self._journal_not_rung()
-                            await self._talk(leg, record=plan.record, by=plan.manager)
-                            return CallOutcome.ANSWERED, plan.manager or leg.target.staff_id
+                            return CallOutcome.ANSWERED, by
                     self._journal_not_rung()
         self._check_caller()
         # Nobody took it: the plan ran out. Tell Asterisk (the caller hears busy/no answer).
         busy = plan.unanswered_outcome is CallOutcome.NO_ANSWER and self.last_leg_cause == 17
-        with contextlib.suppress(AriNotFound):
-            await self.ari.hangup(self.call.channel_id, "busy" if busy else "no_answer")
+        await self._end_unanswered("busy" if busy else "no_answer")
         return (CallOutcome.BUSY if busy else plan.unanswered_outcome), None
+
+    async def _reject(self, cause: str) -> None:
+        """Refuse the call without answering it (``busy``, ``congestion``)."""
+        await self.ari.hangup(self.call.channel_id, cause)
+
+    async def _ring_step(self, group: tuple[Target, ...], timeout_s: int,
+                         caller_id: str | None, plan: Plan) -> str | None:
+        """Ring ``group`` at once; when one answers, the conversation to its end. Who
+        talked for pbxbrain's side, or None when nobody answered."""
+        leg = await self._ring(group, timeout_s, caller_id=caller_id)
+        if leg is None:
+            return None
+        self._journal_not_rung()
+        await self._talk(leg, record=plan.record, by=plan.manager)
+        return plan.manager or leg.target.staff_id
+
+    async def _end_unanswered(self, reason: str) -> None:
+        """The plan ran out: hang the caller up (``busy`` or ``no_answer``)."""
+        with contextlib.suppress(AriNotFound):
+            await self.ari.hangup(self.call.channel_id, reason)
 
     # -- steps -----------------------------------------------------------------------
     async def _answer_caller(self) -> None:
