@@ -143,6 +143,28 @@ def test_given_ring_all_then_both_ring_at_once_and_the_first_to_answer_wins(
     assert len(events(journal, call.call_id, EventKind.BRIDGED)) == 1
 
 
+@BOTH_WAYS
+def test_given_ring_all_with_one_phone_busy_and_one_ringing_out_then_each_has_its_reason(
+    daemon: Daemon, live_asterisk: Sandbox, journal: JournalReader, source: str
+) -> None:
+    # One Dial rang both by FastAGI, and DIALSTATUS is one word for the two (NOANSWER):
+    # each phone's reason is its own hang-up cause (HANGUPCAUSE), as a Stasis leg's is.
+    number = "+79161000014" if source == PSTN else "+79162000014"
+    ivanov = live_asterisk.phone("101", "phone_busy.xml")
+    petrov = live_asterisk.phone("102", "phone_no_answer.xml")
+    caller = live_asterisk.call_from_pstn(RING_ALL, number, "caller_any_outcome.xml",
+                                          talk_ms=300, source=source)
+    finish(ivanov, petrov)
+    assert caller.ok, caller.output
+
+    call = journal.wait_closed_call(number)
+    assert call.outcome is CallOutcome.MISSED
+    ended = {e["staff"]: e["reason"] for e in events(journal, call.call_id,
+                                                      EventKind.LEG_ENDED)}
+    assert ended == {"ivanov": "busy", "petrov": "no answer in time"}
+    live_asterisk.wait_idle(timeout_s=5)
+
+
 def test_given_ring_all_and_two_managers_answering_almost_together_then_exactly_one_wins(
     daemon: Daemon, live_asterisk: Sandbox, journal: JournalReader
 ) -> None:

@@ -206,6 +206,50 @@ async def test_given_a_sequential_hunt_when_nobody_answers_then_missed_and_hung_
     assert journal.closed_as == [(CallOutcome.MISSED, {"responsible": "ivanov"})]
 
 
+async def test_given_a_ring_all_nobody_answers_then_each_phone_has_its_own_reason() -> None:
+    # One Dial rang three; DIALSTATUS is NOANSWER for all: HANGUPCAUSE tells them apart.
+    agi = FakeAgi([lambda: "NOANSWER", lambda: "NOANSWER"])
+    agi.variables.update({
+        "HANGUPCAUSE_KEYS()": "PJSIP/103-00000003,PJSIP/102-00000002,PJSIP/101-00000001",
+        "HANGUPCAUSE(PJSIP/101-00000001,tech)": "SIP 486 Busy Here",
+        "HANGUPCAUSE(PJSIP/102-00000002,tech)": "SIP 180 Ringing",  # rang out
+        "HANGUPCAUSE(PJSIP/103-00000003,tech)": "SIP 415 Unsupported Media Type"})
+    sidorov = Target("sidorov", "PJSIP/103")
+    plan = Plan(steps=(Ring((IVANOV, PETROV, sidorov), RingMode.ALL, 5),
+                       Ring((IVANOV, PETROV), RingMode.ALL, 5)),
+                line="+74951234567", source=None, rule="route", responsible="ivanov")
+    session, journal = make_session(plan, agi)
+
+    await session.run()
+
+    assert [(e["staff"], e["reason"]) for e in journal.of(EventKind.LEG_ENDED)] == [
+        ("ivanov", "busy"), ("petrov", "no answer in time"),
+        ("sidorov", "SIP 415 Unsupported Media Type"),
+        # The second Dial's phones have no keys of their own in this fake: the first
+        # Dial's channels are not read again as theirs.
+        ("ivanov", "no answer in time"), ("petrov", "no answer in time")]
+    assert journal.closed_as == [(CallOutcome.MISSED, {"responsible": "ivanov"})]
+
+
+async def test_given_one_phone_rung_then_dialstatus_is_its_reason_and_nothing_more_asked(
+) -> None:
+    agi = FakeAgi([lambda: "BUSY"])
+    asked: list[str] = []
+    get = agi.get_variable
+
+    async def get_variable(name: str) -> str | None:
+        asked.append(name)
+        return await get(name)
+
+    agi.get_variable = get_variable  # type: ignore[method-assign]
+    session, journal = make_session(ring(IVANOV), agi)
+
+    await session.run()
+
+    assert journal.of(EventKind.LEG_ENDED)[0]["reason"] == "busy"
+    assert not [name for name in asked if name.startswith("HANGUPCAUSE")]
+
+
 async def test_given_the_caller_hangs_up_while_phones_ring_then_abandoned() -> None:
     agi = FakeAgi()
 

@@ -42,7 +42,7 @@ MAX_COMMAND_BYTES: Final = 2047
 _ENV_LINE: Final = re.compile(r"agi_([A-Za-z0-9_]+): ?(.*)", re.DOTALL)
 _ARG_KEY: Final = re.compile(r"arg_([0-9]+)")
 _APP_NAME: Final = re.compile(r"[A-Za-z0-9_]+")
-_VARIABLE_NAME: Final = re.compile(r"[A-Za-z0-9_()\-,.:]+")
+_VARIABLE_NAME: Final = re.compile(r"[A-Za-z0-9_()\-,.:/@;]+")  # HANGUPCAUSE(PJSIP/101-…)
 _CODE: Final = re.compile(r"([0-9]{3})(?:[ -]|$)")
 _SUCCESS: Final = re.compile(r"200 result=(-?[0-9]+)(.*)", re.DOTALL)
 _CLOSE_WAIT_S: Final = 1.0  # how long a close may wait for unsent data before aborting

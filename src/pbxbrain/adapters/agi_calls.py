@@ -38,6 +38,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
+from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Final
 
@@ -56,7 +57,13 @@ from pbxbrain.adapters.stasis import (
     StasisApp,
     _Ended,
 )
-from pbxbrain.domain.model import CallOutcome, Direction, EventKind, InboundCall
+from pbxbrain.domain.model import (
+    CallOutcome,
+    Direction,
+    EventKind,
+    InboundCall,
+    sip_refusal_reason,
+)
 from pbxbrain.domain.phone import normalize_caller, to_e164
 from pbxbrain.domain.plan import Plan, Target
 
@@ -104,6 +111,9 @@ class AgiCallSession(CallSession):
         self._record = False  # the Dial in progress is to be recorded
         self._recording: str | None = None  # the talk's recording name, once started
         self._result = ""  # what PBXBRAIN_RESULT says now
+        # HANGUPCAUSE_KEYS() of the caller's channel names every phone any Dial of this
+        # call rang: the ones an earlier step read are not this step's.
+        self._causes_read: set[str] = set()
 
     # -- the call ------------------------------------------------------------------
     async def run(self) -> None:
@@ -268,7 +278,8 @@ class AgiCallSession(CallSession):
             await self._answer_not_told(answered_before)
         winner = self._winner
         if winner is None:
-            self._nobody_answered(free, status)
+            refusals = await self._refusals() if len(free) > 1 else {}
+            self._nobody_answered(free, status, refusals)
             return None
         await self._conversation_over(winner, answered_before)
         return winner
@@ -278,13 +289,34 @@ class AgiCallSession(CallSession):
                    options: str) -> str:
         return f"{'&'.join(t.endpoint for t in targets)},{timeout_s},{options}"
 
-    def _nobody_answered(self, free: list[Target], status: str) -> None:
+    async def _refusals(self) -> dict[Target, str]:
+        """Why each phone of a Dial that rang several refused, by its last SIP response:
+        DIALSTATUS is one word for them all (NOANSWER when one was busy and another rang
+        out). A phone that rang out, or that cannot be told apart from another (two
+        mobiles through one trunk), has none."""
+        keys = await self.agi.get_variable("HANGUPCAUSE_KEYS()") or ""
+        refusals: dict[Target, str] = {}
+        for key in (k.strip() for k in keys.split(",")):
+            if not key or key in self._causes_read:
+                continue
+            self._causes_read.add(key)
+            target = self.target_of(key)
+            if target is None:
+                continue
+            response = await self.agi.get_variable(f"HANGUPCAUSE({key},tech)") or ""
+            reason = sip_refusal_reason(response)
+            if reason is not None:
+                refusals[target] = reason
+        return refusals
+
+    def _nobody_answered(self, free: list[Target], status: str,
+                         refusals: Mapping[Target, str]) -> None:
         why = _DIAL_STATUS.get(status, status.lower() or "no answer")
         self.last_leg_cause = 17 if status == "BUSY" else 0
         for target in free:
             self.app.phones.release(target.staff_id, self.call.call_id)
-            self.log_event(EventKind.LEG_ENDED, staff=target.staff_id, reason=why,
-                           dialstatus=status)
+            self.log_event(EventKind.LEG_ENDED, staff=target.staff_id,
+                           reason=refusals.get(target, why), dialstatus=status)
         if status == "CANCEL" or self.agi.hung_up:
             raise CallerGone
 

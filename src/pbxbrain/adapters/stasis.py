@@ -74,6 +74,7 @@ from pbxbrain.domain.model import (
     OutboxMessage,
     RecordingInfo,
     client_of,
+    leg_end_reason,
 )
 from pbxbrain.domain.phone import normalize_caller, to_e164
 from pbxbrain.domain.plan import Plan, Play, Reject, Ring, RingMode, Target, Voicemail
@@ -531,7 +532,7 @@ class CallSession:
                         self.last_leg_cause = cause
                         self.app.phones.release(rung.target.staff_id, call_id)
                         self.log_event(EventKind.LEG_ENDED, staff=rung.target.staff_id,
-                                       reason=_cause_name(cause, cause_txt), cause=cause)
+                                       reason=leg_end_reason(cause, cause_txt), cause=cause)
         finally:
             # Every leg but the winner goes: at once, whatever ended the wait.
             for other in legs.values():
@@ -877,13 +878,6 @@ class CallSession:
                             self.call.call_id)
                 return self.app.clock()
         return self.caller_gone.at
-
-
-def _cause_name(cause: int, text: str) -> str:
-    names = {16: "hung up", 17: "busy", 18: "no answer", 19: "no answer", 20: "unreachable",
-             21: "rejected", 0: "failed", 1: "unallocated number", 3: "no route",
-             34: "congestion", 38: "network out of order"}
-    return names.get(cause, text or f"cause {cause}")
 
 
 class StasisApp:

@@ -11,7 +11,7 @@ import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Final
 
 
 class Direction(enum.StrEnum):
@@ -278,3 +278,41 @@ def client_of(call: InboundCall | CallSummary) -> str | None:
     if call.direction is Direction.OUTBOUND:
         return call.dialed
     return None
+
+
+#: Why a rung phone did not take the call, in the journal's words, by its Q.850 hang-up
+#: cause (Asterisk's ``AST_CAUSE_*``, as ARI's ChannelDestroyed reports it).
+_CAUSE_REASONS: Final[Mapping[int, str]] = {
+    0: "failed", 1: "unallocated number", 3: "no route", 16: "hung up", 17: "busy",
+    18: "no answer", 19: "no answer", 20: "unreachable", 21: "rejected",
+    22: "number changed", 27: "out of order", 28: "invalid number",
+    29: "facility rejected", 34: "congestion", 38: "network out of order",
+    41: "temporary failure", 58: "no common codec", 102: "timeout"}
+
+#: A SIP final response's Q.850 cause, as chan_pjsip maps it (``hangup_sip2cause``): a
+#: phone's last response read from the dialplan gets the reason its Stasis leg would.
+_SIP_CAUSES: Final[Mapping[int, int]] = {
+    401: 21, 403: 21, 404: 1, 407: 21, 408: 18, 409: 41, 410: 22, 420: 3, 480: 19,
+    483: 19, 484: 28, 485: 1, 486: 17, 488: 58, 500: 38, 501: 29, 502: 27, 503: 34,
+    504: 102, 600: 17, 603: 21, 604: 1, 606: 58}
+
+
+def leg_end_reason(cause: int, text: str = "") -> str:
+    """The journal's reason for a rung leg that ended with hang-up ``cause`` (Asterisk's
+    own ``text`` for the cause, else its number, when it has no name here)."""
+    return _CAUSE_REASONS.get(cause, text or f"cause {cause}")
+
+
+def sip_refusal_reason(response: str) -> str | None:
+    """The journal's reason for a phone whose last SIP response was ``response``
+    (``SIP 486 Busy Here``, as the dialplan's ``HANGUPCAUSE(channel,tech)`` says): None
+    unless it is a refusal (a final response from 300 on) other than 487, which only
+    says the INVITE was cancelled (by a timeout, or an answer elsewhere)."""
+    words = response.split(" ", 2)
+    if len(words) < 2 or words[0] != "SIP" or not words[1].isdigit():
+        return None
+    code = int(words[1])
+    if code < 300 or code == 487:
+        return None
+    cause = _SIP_CAUSES.get(code)
+    return response if cause is None else leg_end_reason(cause)
