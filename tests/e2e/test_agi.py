@@ -128,6 +128,22 @@ def test_given_pbxbrain_is_down_then_the_fastagi_safety_net_rings_the_fallback_g
     live_asterisk.wait_idle(timeout_s=5)
 
 
+def test_given_pbxbrain_is_down_then_a_fastagi_desk_phone_still_dials_a_short_number(
+    live_asterisk: Sandbox,
+) -> None:
+    # 104-agi: kuznetsov's phone in context from-phones-agi; its safety net dials 102.
+    with socket.socket() as probe:
+        assert probe.connect_ex(("127.0.0.1", 4573)) != 0
+    petrov = live_asterisk.phone("102")
+    caller = live_asterisk.sipp(
+        "phone_calls.xml", "127.0.0.1:5060", "-i", "127.0.0.1", "-m", "1", "-s", "102",
+        "-key", "caller", "104-agi", "-key", "password", "change-me-104",
+        "-key", "talk_ms", "300")
+    finish(petrov)
+    assert caller.ok, f"{caller.output}\n{caller.errors}"
+    live_asterisk.wait_idle(timeout_s=5)
+
+
 def test_given_pbxbrain_is_killed_during_a_fastagi_conversation_then_it_goes_on(
     daemon: Daemon, live_asterisk: Sandbox, journal: JournalReader
 ) -> None:

@@ -160,28 +160,37 @@ def test_given_bad_requests_then_4xx_and_no_channel_in_asterisk(
     assert live_asterisk.channels() == []
 
 
+@pytest.mark.parametrize(
+    ("account", "manager", "number"),
+    [("101", "ivanov", "+79163000010"),  # context from-phones: Stasis
+     ("104-agi", "kuznetsov", "+79163000011")],  # context from-phones-agi: FastAGI
+    ids=["stasis", "fastagi"])
 def test_given_a_manager_dials_out_from_his_desk_phone_then_caller_id_recording_journal(
-    daemon: Daemon, live_asterisk: Sandbox
+    daemon: Daemon, live_asterisk: Sandbox, account: str, manager: str, number: str
 ) -> None:
-    client = live_asterisk.pstn_phone("phone_answers.xml")
-    manager = live_asterisk.sipp(
+    # The client is shown the department's line (kuznetsov heads sales), not the phone's.
+    client = live_asterisk.pstn_phone("client_shown_sales_line.xml")
+    password = f"change-me-{account.partition('-')[0]}"
+    phone = live_asterisk.sipp(
         "phone_calls.xml", "127.0.0.1:5060", "-i", "127.0.0.1", "-m", "1",
-        "-s", "89163000010", "-key", "caller", "101", "-key", "password", "change-me-101",
-        "-key", "talk_ms", "1200")
-    ok(manager, client.wait())
+        "-s", "8" + number.removeprefix("+7"), "-key", "caller", account,
+        "-key", "password", password, "-key", "talk_ms", "1200")
+    ok(phone, client.wait())
 
     def journaled() -> dict[str, Any] | None:
-        status, _, body = api(daemon, "GET", "/v1/calls?number=%2B79163000010")
+        status, _, body = api(daemon, "GET", "/v1/calls?number=" + number.replace("+", "%2B"))
         calls = json.loads(body)["calls"] if status == 200 else []
         return calls[0] if calls and calls[0]["outcome"] else None
 
     listed = wait_for("the outbound call in the journal", journaled)
     call = finished(daemon, listed["call_id"])
     assert call["direction"] == "outbound"
-    assert call["dialed"] == "+79163000010"
+    assert call["dialed"] == number
     assert call["outcome"] == "answered"
-    assert call["answered_by"] == "ivanov"
+    assert call["answered_by"] == manager
     assert call["line"] == CALLER_ID
+    (bridged,) = [e for e in call["timeline"] if e["kind"] == "bridged"]
+    assert (bridged["data"]["bridge"] == "dial") is (account == "104-agi")  # Dial's
     (rec,) = call["recordings"]
     assert rec["duration_s"] is not None
     assert rec["duration_s"] >= 0.5

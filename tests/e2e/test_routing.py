@@ -308,14 +308,17 @@ def test_given_an_unknown_number_then_the_dialplan_fallback_takes_the_call(
     [("200", "101", "ivanov"),  # the sales department's short number: round-robin
      ("102", "102", "petrov")],  # a manager's short number: that manager
 )
+@pytest.mark.parametrize("account", ["104", "104-agi"], ids=["stasis", "fastagi"])
 def test_given_a_desk_phone_dials_a_short_number_then_it_rings_who_it_names(
     daemon: Daemon, live_asterisk: Sandbox, journal: JournalReader, dialed: str,
-    extension: str, manager: str,
+    extension: str, manager: str, account: str,
 ) -> None:
+    # 104-agi is kuznetsov's phone in context from-phones-agi: the call comes by FastAGI.
     phone = live_asterisk.phone(extension)
     caller = live_asterisk.sipp(
         "phone_calls.xml", "127.0.0.1:5060", "-i", "127.0.0.1", "-m", "1", "-s", dialed,
-        "-key", "caller", "104", "-key", "password", "change-me-104", "-key", "talk_ms", "300")
+        "-key", "caller", account, "-key", "password", "change-me-104",
+        "-key", "talk_ms", "300")
     finish(phone)
     assert caller.ok, f"{caller.output}\n{caller.errors}"
 
@@ -324,3 +327,5 @@ def test_given_a_desk_phone_dials_a_short_number_then_it_rings_who_it_names(
     assert call.dialed == dialed
     assert call.outcome is CallOutcome.ANSWERED
     assert call.answered_by == manager
+    (bridged,) = events(journal, call.call_id, EventKind.BRIDGED)
+    assert (bridged["bridge"] == "dial") is (account == "104-agi")  # Dial's, not ARI's
