@@ -144,17 +144,25 @@ def test_given_pbxbrain_is_down_then_a_fastagi_desk_phone_still_dials_a_short_nu
     live_asterisk.wait_idle(timeout_s=5)
 
 
-def test_given_pbxbrain_is_killed_during_a_fastagi_conversation_then_it_goes_on(
-    daemon: Daemon, live_asterisk: Sandbox, journal: JournalReader
+@pytest.mark.parametrize("how", ["killed", "restarted"])
+def test_given_pbxbrain_goes_away_during_a_fastagi_conversation_then_the_next_one_adopts_it(
+    daemon: Daemon, live_asterisk: Sandbox, journal: JournalReader, how: str
 ) -> None:
-    # The conversation is Asterisk's Dial: a dead pbxbrain cannot cut it; the next
-    # process closes the call as answered.
+    # The conversation is Asterisk's Dial: pbxbrain going away cannot cut it. The next
+    # process follows it to its end, keeps the answering phone's recording and closes
+    # the call then, as answered.
+    number = "+79162000021" if how == "killed" else "+79162000023"
     ivanov = live_asterisk.phone("101")
-    caller = live_asterisk.call_in_background(ROUND_ROBIN, "+79162000021", "caller_waits.xml",
+    caller = live_asterisk.call_in_background(ROUND_ROBIN, number, "caller_waits.xml",
                                               talk_ms=4000, source=PSTN_AGI)
     try:
-        call_id = call_id_once(journal, "+79162000021", EventKind.BRIDGED)
-        daemon.kill()
+        call_id = call_id_once(journal, number, EventKind.RECORDING_STARTED)
+        if how == "killed":
+            daemon.kill()
+        else:
+            assert daemon.stop() == 0
+            (left,) = journal.calls(number)
+            assert left.outcome is None  # left open for the next one
         daemon.start()
         daemon.wait_ready()
         result = caller.wait()
@@ -164,12 +172,16 @@ def test_given_pbxbrain_is_killed_during_a_fastagi_conversation_then_it_goes_on(
         caller.stop()
         ivanov.stop()
 
-    call = journal.wait_closed_call("+79162000021")
+    call = journal.wait_closed_call(number)
     assert call.call_id == call_id
     assert call.outcome is CallOutcome.ANSWERED
     assert call.answered_by == "ivanov"
     assert [e.data["how"] for e in journal.journal(call_id)
-            if e.kind is EventKind.RECOVERED] == ["the call goes on in the dialplan (FastAGI)"]
+            if e.kind is EventKind.RECOVERED] == ["FastAGI conversation followed after a restart"]
+    assert call.ended_at is not None
+    assert call.answered_at is not None
+    assert 3.0 <= (call.ended_at - call.answered_at).total_seconds() <= 6.0  # its real end
+    assert_recorded(daemon, journal, call_id, 3.0, 5.0)
     live_asterisk.wait_idle(timeout_s=5)
 
 

@@ -373,6 +373,32 @@ async def test_given_pbxbrain_stops_while_phones_ring_then_journaled_for_the_saf
     assert session.app.phones.reserved == {}  # type: ignore[attr-defined]
 
 
+async def test_given_pbxbrain_stops_during_the_conversation_then_the_call_is_left_open(
+) -> None:
+    # Dial holds the conversation in Asterisk: the next pbxbrain follows it to its end
+    # (StasisApp._adopt_dial), so nothing here closes the call or claims its end.
+    agi = FakeAgi()
+    talking = asyncio.Event()
+    never = asyncio.Event()
+    session, journal = make_session(ring(IVANOV), agi)
+
+    async def blocking_exec(app: str, args: str = "", **_: object) -> None:
+        session.answered(IVANOV, "1764583200.7")
+        talking.set()
+        await never.wait()
+
+    agi.exec = blocking_exec  # type: ignore[method-assign]
+    task = asyncio.create_task(session.run())
+    await talking.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+    assert journal.answered_by == ["ivanov"]
+    assert journal.closed_as == []
+    assert journal.of(EventKind.HANGUP) == []
+
+
 async def test_given_an_unknown_request_then_nothing_is_done() -> None:
     agi = FakeAgi()
     agi.script = "bogus"

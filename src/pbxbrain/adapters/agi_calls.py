@@ -175,13 +175,11 @@ class AgiCallSession(CallSession):
         if plan is None:
             self.journal.entered(self.call)
         if self._winner is not None:
-            reason = ("pbxbrain stopped during the conversation; it goes on in Asterisk, "
-                      "its end is not journaled")
-            if self._recording:
-                reason += f" and its recording stays in Asterisk's spool as {self._recording}"
-            self._left()
-            await self._close_call(CallOutcome.ANSWERED, self._answered_by(self._winner),
-                                   plan, reason=reason)
+            # The conversation is Asterisk's Dial: it goes on. The call stays open; the
+            # next pbxbrain follows it to its end and keeps its recording
+            # (StasisApp._adopt_dial).
+            log.info("call %s: pbxbrain stopping during the conversation; it goes on in "
+                     "Asterisk for the next pbxbrain to adopt", self.call.call_id)
             return
         reason = ("pbxbrain stopped while phones rang; the dialplan's safety net takes the "
                   "call if nobody answers" if self._in_dial else

@@ -190,6 +190,7 @@ class CallSession:
         self.not_rung: list[str] = []  # staff of this ring step taken by other calls
         self.handed_over = False  # stopping mid-conversation: left to the next pbxbrain
         self.conversing = False  # both sides bridged, waiting for one to leave
+        self.following_dial = False  # a FastAGI conversation adopted after a restart
 
     @property
     def ari(self) -> AriClient:
@@ -312,6 +313,25 @@ class CallSession:
             await self._cleanup()
             if answered_by and not self.handed_over:
                 self.app.phones.release(answered_by, self.call.call_id)
+        await self._close_call(CallOutcome.ANSWERED, answered_by, None)
+
+    async def follow_dial(self, recording: str | None, answered_by: str | None) -> None:
+        """A FastAGI conversation (Asterisk's Dial, not a bridge of ours) a previous
+        pbxbrain process left: wait for the caller's channel to go, keep the recording
+        the answering phone's MixMonitor wrote, close the call as answered. A stop
+        meanwhile leaves the call open for the next process."""
+        self.following_dial = True
+        try:
+            while self.caller_gone is None:
+                await self.next_event(None)
+        except asyncio.CancelledError:
+            self.handed_over = True
+            raise
+        finally:
+            if not self.handed_over:
+                self.app.phones.release_all(self.call.call_id)
+        if recording is not None and self.talk_started is not None:
+            await self._keep_recording(recording, self.talk_started, announced=False)
         await self._close_call(CallOutcome.ANSWERED, answered_by, None)
 
     async def _close_call(self, outcome: CallOutcome, answered_by: str | None,
@@ -1153,9 +1173,17 @@ class StasisApp:
             for channel in orphans:
                 if channel.id in bridge.channels and await self._let_go(channel):
                     rescued.add(channel.id)
+        for session in list(self._sessions.values()):
+            if session.following_dial and session.caller_gone is None:
+                # The app's subscriptions may not have outlived the event stream.
+                with contextlib.suppress(AriError):
+                    await self.ari.subscribe(f"channel:{session.call.channel_id}")
         for call in open_calls:
             if (call.node != self.settings.node or call.call_id in self._sessions
                     or call.call_id in adopted):
+                continue
+            if (call.channel_id not in rescued
+                    and await self._adopt_dial(call, alive=call.channel_id in alive)):
                 continue
             now = self.clock()
             # A caller still in Asterisk but not in this app came by FastAGI: his Dial, or
@@ -1218,16 +1246,10 @@ class StasisApp:
         recording = (_TalkRecording(str(started[-1].get("name")),
                                     mixmonitor=started[-1].get("via") == "mixmonitor")
                      if started else None)
-        session = CallSession(self, InboundCall(
-            call_id=call.call_id, channel_id=call.channel_id, caller=call.caller,
-            caller_raw=call.caller_raw, dialed=call.dialed, at=call.started_at,
-            caller_name=call.caller_name, direction=call.direction, node=call.node))
+        session = self._answered_session(call, call.answered_at)
         staff = call.answered_by or "" if call.direction is Direction.INBOUND else ""
         leg = Leg(leg_id, Target(staff, "", kind="desk" if staff else "client"),
                   call.answered_at, answered=True)
-        session.caller_answered = session.ringback_sent = True
-        session.talk_started = call.answered_at
-        session.manager = call.answered_by
         session.legs[leg_id] = leg
         session.bridges.add(bridge.id)
         session.mixmonitor_on = recording is not None and recording.mixmonitor
@@ -1253,6 +1275,60 @@ class StasisApp:
                     call.call_id, call.caller, call.answered_by)
         self._spawn(session.resume(leg, bridge.id, call.answered_at, recording,
                                    call.answered_by), session)
+        return True
+
+    def _answered_session(self, call: CallSummary, answered_at: datetime) -> CallSession:
+        """A session for an answered call a previous process left, to see it to its end."""
+        session = CallSession(self, InboundCall(
+            call_id=call.call_id, channel_id=call.channel_id, caller=call.caller,
+            caller_raw=call.caller_raw, dialed=call.dialed, at=call.started_at,
+            caller_name=call.caller_name, direction=call.direction, node=call.node))
+        session.caller_answered = session.ringback_sent = True
+        session.talk_started = answered_at
+        session.manager = call.answered_by
+        return session
+
+    async def _adopt_dial(self, call: CallSummary, *, alive: bool) -> bool:
+        """Take over a FastAGI conversation a previous process left (its journal says
+        Dial bridged it): follow the caller's channel to its end through an ARI
+        subscription, then keep the recording and close the call (at once when the
+        channel is already gone). False when the call is not one, or cannot be followed."""
+        if call.answered_at is None:
+            return False
+        try:
+            entries = await self.store.journal(call.call_id)
+        except Exception as exc:
+            log.warning("call %s: cannot read its journal to adopt it: %s", call.call_id, exc)
+            return False
+        if not any(e.kind is EventKind.BRIDGED and e.data.get("bridge") == "dial"
+                   for e in entries):
+            return False
+        started = [e.data for e in entries if e.kind is EventKind.RECORDING_STARTED]
+        recording = str(started[-1].get("name")) if started else None
+        session = self._answered_session(call, call.answered_at)
+        if alive:
+            self.route(call.channel_id, session)
+            try:
+                await self.ari.subscribe(f"channel:{call.channel_id}")
+                await self.ari.channel(call.channel_id)  # it may have gone just before
+            except AriNotFound:
+                alive = False
+            except AriError as exc:
+                log.warning("call %s: cannot follow its FastAGI conversation (%s); it is "
+                            "adopted at the next reconnect", call.call_id, exc)
+                del self._routes[call.channel_id]
+                return True
+        if call.answered_by:
+            self.phones.reserve(call.answered_by, call.call_id)
+        self._sessions[call.call_id] = session
+        if not alive:
+            session.gone(call.channel_id, self.clock(), "gone")
+        how = ("FastAGI conversation followed after a restart" if alive
+               else "the FastAGI conversation ended while pbxbrain was down")
+        self.journal.event(call.call_id, self.clock(), EventKind.RECOVERED, how=how)
+        log.warning("call %s from %s: %s (%s)", call.call_id, call.caller, how,
+                    call.answered_by)
+        self._spawn(session.follow_dial(recording, call.answered_by), session)
         return True
 
     async def _responsible_of(self, call_id: str) -> str | None:
