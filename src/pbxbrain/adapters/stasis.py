@@ -71,6 +71,7 @@ from pbxbrain.domain.model import (
     Direction,
     EventKind,
     InboundCall,
+    JournalEntry,
     OutboxMessage,
     RecordingInfo,
     client_of,
@@ -1231,12 +1232,8 @@ class StasisApp:
         """Take over a conversation a previous pbxbrain process bridged: it goes on, and
         this process hangs up the other side, keeps the recording and closes the call
         when one side leaves (at once when one already left while it was down)."""
-        if call.answered_at is None:
-            return False
-        try:
-            entries = await self.store.journal(call.call_id)
-        except Exception as exc:
-            log.warning("call %s: cannot read its journal to adopt it: %s", call.call_id, exc)
+        entries = await self._journal_to_adopt(call)
+        if entries is None or call.answered_at is None:
             return False
         # The other side: the bridge's leg (a recorder channel of ARI's bridge recording
         # is not one), or a leg id no channel has when it already left.
@@ -1277,6 +1274,17 @@ class StasisApp:
                                    call.answered_by), session)
         return True
 
+    async def _journal_to_adopt(self, call: CallSummary) -> list[JournalEntry] | None:
+        """The journal of an answered call a previous process left; None when it was not
+        answered, or its journal cannot be read (it is adopted at the next reconnect)."""
+        if call.answered_at is None:
+            return None
+        try:
+            return list(await self.store.journal(call.call_id))
+        except Exception as exc:
+            log.warning("call %s: cannot read its journal to adopt it: %s", call.call_id, exc)
+            return None
+
     def _answered_session(self, call: CallSummary, answered_at: datetime) -> CallSession:
         """A session for an answered call a previous process left, to see it to its end."""
         session = CallSession(self, InboundCall(
@@ -1293,12 +1301,8 @@ class StasisApp:
         Dial bridged it): follow the caller's channel to its end through an ARI
         subscription, then keep the recording and close the call (at once when the
         channel is already gone). False when the call is not one, or cannot be followed."""
-        if call.answered_at is None:
-            return False
-        try:
-            entries = await self.store.journal(call.call_id)
-        except Exception as exc:
-            log.warning("call %s: cannot read its journal to adopt it: %s", call.call_id, exc)
+        entries = await self._journal_to_adopt(call)
+        if entries is None or call.answered_at is None:
             return False
         if not any(e.kind is EventKind.BRIDGED and e.data.get("bridge") == "dial"
                    for e in entries):
