@@ -104,6 +104,10 @@ class Journal:
 
         self._put(call_id, "close", apply)
 
+    def closing(self, call_id: str) -> bool:
+        """Whether the call's close is queued, not yet in the database."""
+        return any(w.call_id == call_id and w.what == "close" for w in self._queue)
+
     # -- status ----------------------------------------------------------------
     @property
     def backlog(self) -> int:

@@ -161,7 +161,8 @@ class Sandbox:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         wait_for(f"phone {extension} (SIPp) to listen on {address}:{port}",
                  lambda: proc.poll() is not None or udp_port_taken(address, port), 10)
-        assert proc.poll() is None, f"phone {extension} (SIPp) exited at start"
+        assert proc.poll() is None, (f"phone {extension} (SIPp) exited at start:\n"
+                                     f"{proc.communicate()[0].decode(errors='replace')[-2000:]}")
         return Phone(extension, proc, self.root / errors.lstrip("/"), timeout_s)
 
     def pstn_phone(self, scenario: str, **keys: str | int) -> Phone:

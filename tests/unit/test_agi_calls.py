@@ -99,6 +99,9 @@ class FakeAgi:
         self.sent.append(f"EXEC {app} {args}".rstrip())
         if app == self.hang_up_in:
             self.hung_up = True  # the caller hangs up while this application runs
+        if app == "HangupCauseClear":
+            for name in [n for n in self.variables if n.startswith("HANGUPCAUSE")]:
+                del self.variables[name]
         if app == "Dial":
             self.variables["DIALSTATUS"] = "CANCEL" if self.hung_up else self.dials.pop(0)()
         if app == "Playback":
@@ -178,6 +181,7 @@ async def test_given_ring_all_when_one_answers_then_the_other_is_free_at_once() 
 
     assert agi.sent == [
         "SET PBXBRAIN_RESULT=ringing",
+        "EXEC HangupCauseClear",
         "EXEC Dial PJSIP/101&PJSIP/102,5,gU(pbxbrain-answered^c1)",
         "SET PBXBRAIN_RESULT=done", "HANGUP"]
     assert free_at_answer == [{"ivanov"}]  # during petrov's conversation
@@ -208,12 +212,17 @@ async def test_given_a_sequential_hunt_when_nobody_answers_then_missed_and_hung_
 
 async def test_given_a_ring_all_nobody_answers_then_each_phone_has_its_own_reason() -> None:
     # One Dial rang three; DIALSTATUS is NOANSWER for all: HANGUPCAUSE tells them apart.
-    agi = FakeAgi([lambda: "NOANSWER", lambda: "NOANSWER"])
-    agi.variables.update({
-        "HANGUPCAUSE_KEYS()": "PJSIP/103-00000003,PJSIP/102-00000002,PJSIP/101-00000001",
-        "HANGUPCAUSE(PJSIP/101-00000001,tech)": "SIP 486 Busy Here",
-        "HANGUPCAUSE(PJSIP/102-00000002,tech)": "SIP 180 Ringing",  # rang out
-        "HANGUPCAUSE(PJSIP/103-00000003,tech)": "SIP 415 Unsupported Media Type"})
+    agi = FakeAgi()
+
+    def first_dial() -> str:
+        agi.variables.update({
+            "HANGUPCAUSE_KEYS()": "PJSIP/103-00000003,PJSIP/102-00000002,PJSIP/101-00000001",
+            "HANGUPCAUSE(PJSIP/101-00000001,tech)": "SIP 486 Busy Here",
+            "HANGUPCAUSE(PJSIP/102-00000002,tech)": "SIP 180 Ringing",  # rang out
+            "HANGUPCAUSE(PJSIP/103-00000003,tech)": "SIP 415 Unsupported Media Type"})
+        return "NOANSWER"
+
+    agi.dials = [first_dial, lambda: "NOANSWER"]
     sidorov = Target("sidorov", "PJSIP/103")
     plan = Plan(steps=(Ring((IVANOV, PETROV, sidorov), RingMode.ALL, 5),
                        Ring((IVANOV, PETROV), RingMode.ALL, 5)),
@@ -225,10 +234,11 @@ async def test_given_a_ring_all_nobody_answers_then_each_phone_has_its_own_reaso
     assert [(e["staff"], e["reason"]) for e in journal.of(EventKind.LEG_ENDED)] == [
         ("ivanov", "busy"), ("petrov", "no answer in time"),
         ("sidorov", "SIP 415 Unsupported Media Type"),
-        # The second Dial's phones have no keys of their own in this fake: the first
-        # Dial's channels are not read again as theirs.
+        # The first Dial's causes were cleared before the second: not read as its own.
         ("ivanov", "no answer in time"), ("petrov", "no answer in time")]
     assert journal.closed_as == [(CallOutcome.MISSED, {"responsible": "ivanov"})]
+    assert [line.split(" ")[1] for line in agi.sent if line.startswith("EXEC")] == [
+        "HangupCauseClear", "Dial", "HangupCauseClear", "Dial", "Hangup"]
 
 
 async def test_given_one_phone_rung_then_dialstatus_is_its_reason_and_nothing_more_asked(

@@ -16,6 +16,7 @@ from pbxbrain.domain.model import leg_end_reason, sip_refusal_reason
     ("SIP 480 Temporarily Unavailable", "no answer"),
     ("SIP 503 Service Unavailable", "congestion"),
     ("SIP 415 Unsupported Media Type", "SIP 415 Unsupported Media Type"),  # unnamed: as is
+    ("SIP 580 Precondition Failure", "congestion"),  # chan_pjsip's default for a 5xx
     ("SIP 302 Moved Temporarily", "SIP 302 Moved Temporarily"),
 ])
 def test_a_refusing_response_is_named_as_its_stasis_leg_would_be(response: str,

@@ -111,9 +111,6 @@ class AgiCallSession(CallSession):
         self._record = False  # the Dial in progress is to be recorded
         self._recording: str | None = None  # the talk's recording name, once started
         self._result = ""  # what PBXBRAIN_RESULT says now
-        # HANGUPCAUSE_KEYS() of the caller's channel names every phone any Dial of this
-        # call rang: the ones an earlier step read are not this step's.
-        self._causes_read: set[str] = set()
 
     # -- the call ------------------------------------------------------------------
     async def run(self) -> None:
@@ -268,6 +265,10 @@ class AgiCallSession(CallSession):
             self.ringing(target.staff_id or None)
         answered_before = self.caller_answered
         await self._set_result("ringing")
+        if len(free) > 1:
+            # HANGUPCAUSE_KEYS() names every phone any Dial of the call rang: only this
+            # Dial's are to be read after it (see _refusals).
+            await self.agi.exec("HangupCauseClear")
         self._in_dial = True  # until Dial returns (a stop during it reads it)
         await self.agi.exec("Dial", self._dial_args(free, timeout_s, options))
         self._in_dial = False
@@ -276,7 +277,9 @@ class AgiCallSession(CallSession):
             await self._answer_not_told(answered_before)
         winner = self._winner
         if winner is None:
-            refusals = await self._refusals() if len(free) > 1 else {}
+            refusals = (await self._refusals()
+                        if len(free) > 1 and status != "CANCEL" and not self.agi.hung_up
+                        else {})
             self._nobody_answered(free, status, refusals)
             return None
         await self._conversation_over(winner, answered_before)
@@ -295,13 +298,15 @@ class AgiCallSession(CallSession):
         keys = await self.agi.get_variable("HANGUPCAUSE_KEYS()") or ""
         refusals: dict[Target, str] = {}
         for key in (k.strip() for k in keys.split(",")):
-            if not key or key in self._causes_read:
-                continue
-            self._causes_read.add(key)
-            target = self.target_of(key)
+            target = self.target_of(key) if key else None
             if target is None:
                 continue
-            response = await self.agi.get_variable(f"HANGUPCAUSE({key},tech)") or ""
+            try:
+                response = await self.agi.get_variable(f"HANGUPCAUSE({key},tech)") or ""
+            except (AgiError, ValueError) as exc:  # a name AGI cannot carry; a dead line
+                log.warning("call %s: no hang-up cause of %s (%s); Dial's DIALSTATUS "
+                            "says why", self.call.call_id, key, exc)
+                continue
             reason = sip_refusal_reason(response)
             if reason is not None:
                 refusals[target] = reason

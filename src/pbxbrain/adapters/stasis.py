@@ -166,6 +166,11 @@ class _TalkRecording:
     mixmonitor: bool  # else ARI's recording of the bridge
 
 
+#: How long a followed FastAGI conversation may go without an event before Asterisk is
+#: asked whether the caller's channel still exists (a lost subscription tells nothing).
+FOLLOW_CHECK_S: Final = 60.0
+
+
 class CallSession:
     """One call in the app: its caller's channel, its legs, its journal."""
 
@@ -323,17 +328,42 @@ class CallSession:
         meanwhile leaves the call open for the next process."""
         self.following_dial = True
         try:
-            while self.caller_gone is None:
-                await self.next_event(None)
+            await self._until_destroyed()
         except asyncio.CancelledError:
             self.handed_over = True
             raise
         finally:
             if not self.handed_over:
                 self.app.phones.release_all(self.call.call_id)
-        if recording is not None and self.talk_started is not None:
-            await self._keep_recording(recording, self.talk_started, announced=False)
+        try:
+            if recording is not None and self.talk_started is not None:
+                await self._keep_recording(recording, self.talk_started, announced=False)
+        except Exception as exc:
+            log.exception("call %s: the recording of an adopted FastAGI conversation was "
+                          "not kept", self.call.call_id)
+            self.log_event(EventKind.ERROR, error=repr(exc))
         await self._close_call(CallOutcome.ANSWERED, answered_by, None)
+
+    async def _until_destroyed(self) -> None:
+        """Until the caller's channel is destroyed. A hang-up request is not its end (an
+        async goto, such as a transfer, is one); when no event came for
+        ``FOLLOW_CHECK_S``, Asterisk is asked, in case the subscription was lost."""
+        loop = asyncio.get_running_loop()
+        channel_id = self.call.channel_id
+        while True:
+            event = await self.next_event(loop.time() + FOLLOW_CHECK_S)
+            if event is None:
+                try:
+                    await self.ari.channel(channel_id)
+                except AriNotFound:
+                    self.caller_gone = _Ended(self.app.clock(), "gone")
+                    return
+                except AriError:
+                    pass  # asked again later
+                continue
+            if isinstance(event, ChannelDestroyed) and event.channel.id == channel_id:
+                self.caller_gone = _Ended(event.at, "ChannelDestroyed")
+                return
 
     async def _close_call(self, outcome: CallOutcome, answered_by: str | None,
                           plan: Plan | None, *, reason: str | None = None) -> None:
@@ -1118,16 +1148,23 @@ class StasisApp:
         """
         if not up:
             return
+        # Only the sessions there before the listing: a FastAGI call tracked while it
+        # runs is not in it.
+        sessions = list(self._sessions.values())
         try:
             channels = await self.ari.channels()
         except AriError as exc:
             log.warning("re-sync after reconnect failed: %s", exc)
             return
         alive = {c.id for c in channels}
-        for session in list(self._sessions.values()):
+        for session in sessions:
             for channel_id in [session.call.channel_id, *session.legs]:
                 if channel_id not in alive:
                     session.gone(channel_id, self.clock(), "vanished")
+            if (session.following_dial and session.caller_gone is None
+                    and session.call.channel_id in alive):
+                # The app's subscriptions may not have outlived the event stream.
+                self._spawn(self._refollow(session), None)
         orphans = [c for c in channels if c.id not in self._routes and self._ours(c)]
         self._spawn(self.recover_orphans(orphans, alive), None)
 
@@ -1174,15 +1211,10 @@ class StasisApp:
             for channel in orphans:
                 if channel.id in bridge.channels and await self._let_go(channel):
                     rescued.add(channel.id)
-        for session in list(self._sessions.values()):
-            if session.following_dial and session.caller_gone is None:
-                # The app's subscriptions may not have outlived the event stream.
-                with contextlib.suppress(AriError):
-                    await self.ari.subscribe(f"channel:{session.call.channel_id}")
         for call in open_calls:
             if (call.node != self.settings.node or call.call_id in self._sessions
-                    or call.call_id in adopted):
-                continue
+                    or call.call_id in adopted or self.journal.closing(call.call_id)):
+                continue  # another node's, ours, or closed here and not yet written
             if (call.channel_id not in rescued
                     and await self._adopt_dial(call, alive=call.channel_id in alive)):
                 continue
@@ -1301,27 +1333,29 @@ class StasisApp:
         Dial bridged it): follow the caller's channel to its end through an ARI
         subscription, then keep the recording and close the call (at once when the
         channel is already gone). False when the call is not one, or cannot be followed."""
-        entries = await self._journal_to_adopt(call)
-        if entries is None or call.answered_at is None:
+        if call.answered_at is None:
             return False
+        entries = await self._journal_to_adopt(call)
+        if entries is None:
+            return True  # left open: tried again at the next reconnect
         if not any(e.kind is EventKind.BRIDGED and e.data.get("bridge") == "dial"
                    for e in entries):
             return False
         started = [e.data for e in entries if e.kind is EventKind.RECORDING_STARTED]
-        recording = str(started[-1].get("name")) if started else None
+        kept = {e.data.get("name") for e in entries if e.kind is EventKind.RECORDING_FINISHED}
+        recording = (str(started[-1].get("name"))
+                     if started and started[-1].get("name") not in kept else None)
         session = self._answered_session(call, call.answered_at)
         if alive:
             self.route(call.channel_id, session)
-            try:
-                await self.ari.subscribe(f"channel:{call.channel_id}")
-                await self.ari.channel(call.channel_id)  # it may have gone just before
-            except AriNotFound:
-                alive = False
-            except AriError as exc:
-                log.warning("call %s: cannot follow its FastAGI conversation (%s); it is "
-                            "adopted at the next reconnect", call.call_id, exc)
+            followed = await self._follow(call.channel_id)
+            if followed is None:
+                log.warning("call %s: cannot follow its FastAGI conversation (ARI refused "
+                            "the subscription to channel %s); it is adopted at the next "
+                            "reconnect", call.call_id, call.channel_id)
                 del self._routes[call.channel_id]
                 return True
+            alive = followed
         if call.answered_by:
             self.phones.reserve(call.answered_by, call.call_id)
         self._sessions[call.call_id] = session
@@ -1333,6 +1367,32 @@ class StasisApp:
         log.warning("call %s from %s: %s (%s)", call.call_id, call.caller, how,
                     call.answered_by)
         self._spawn(session.follow_dial(recording, call.answered_by), session)
+        return True
+
+    async def _refollow(self, session: CallSession) -> None:
+        if await self._follow(session.call.channel_id) is False:
+            session.gone(session.call.channel_id, self.clock(), "gone")
+
+    async def _follow(self, channel_id: str) -> bool | None:
+        """Subscribe the app to the events of a channel outside Stasis: True while it
+        exists, False once it is gone, None when Asterisk cannot say or refused."""
+        async def exists() -> bool | None:
+            try:
+                await self.ari.channel(channel_id)
+            except AriNotFound:
+                return False
+            except AriError:
+                return None
+            return True
+
+        there = await exists()
+        if there is not True:
+            return there
+        try:
+            await self.ari.subscribe(f"channel:{channel_id}")
+        except AriError:
+            # A channel gone just before is refused (422): only its absence says so.
+            return False if await exists() is False else None
         return True
 
     async def _responsible_of(self, call_id: str) -> str | None:

@@ -314,5 +314,7 @@ def sip_refusal_reason(response: str) -> str | None:
     code = int(words[1])
     if code < 300 or code == 487:
         return None
-    cause = _SIP_CAUSES.get(code)
+    # chan_pjsip's default for other 5xx is congestion; for other 3xx, 4xx and 6xx its
+    # causes (normal clearing, interworking) say less than the response itself.
+    cause = _SIP_CAUSES.get(code, 34 if 500 <= code < 600 else None)
     return response if cause is None else leg_end_reason(cause)
