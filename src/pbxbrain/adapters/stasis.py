@@ -34,7 +34,7 @@ import re
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final
 
@@ -197,6 +197,7 @@ class CallSession:
         self.handed_over = False  # stopping mid-conversation: left to the next pbxbrain
         self.conversing = False  # both sides bridged, waiting for one to leave
         self.following_dial = False  # a FastAGI conversation adopted after a restart
+        self.kept: SavedRecording | None = None  # the last recording kept
 
     @property
     def ari(self) -> AriClient:
@@ -321,11 +322,13 @@ class CallSession:
                 self.app.phones.release(answered_by, self.call.call_id)
         await self._close_call(CallOutcome.ANSWERED, answered_by, None)
 
-    async def follow_dial(self, recording: str | None, answered_by: str | None) -> None:
+    async def follow_dial(self, recording: str | None, answered_by: str | None, *,
+                          ended_unseen: bool = False) -> None:
         """A FastAGI conversation (Asterisk's Dial, not a bridge of ours) a previous
         pbxbrain process left: wait for the caller's channel to go, keep the recording
         the answering phone's MixMonitor wrote, close the call as answered. A stop
-        meanwhile leaves the call open for the next process."""
+        meanwhile leaves the call open for the next process. ``ended_unseen``: it ended
+        while no pbxbrain ran; its end is the recording's, not now."""
         self.following_dial = True
         try:
             await self._until_destroyed()
@@ -342,6 +345,13 @@ class CallSession:
             log.exception("call %s: the recording of an adopted FastAGI conversation was "
                           "not kept", self.call.call_id)
             self.log_event(EventKind.ERROR, error=repr(exc))
+        gone = self.caller_gone
+        if (ended_unseen and gone is not None and self.talk_started is not None
+                and self.kept is not None and self.kept.duration_s is not None):
+            # It ended while no pbxbrain ran: its recording says when, not the restart.
+            end = self.talk_started + timedelta(seconds=self.kept.duration_s)
+            if end < gone.at:
+                self.caller_gone = _Ended(end, "recording")
         await self._close_call(CallOutcome.ANSWERED, answered_by, None)
 
     async def _until_destroyed(self) -> None:
@@ -780,6 +790,7 @@ class CallSession:
             self.log_event(EventKind.ERROR, error=f"recording {name} was still being written "
                            f"after {self.app.settings.recording_settle_s:g} s; its end may "
                            "be missing")
+        self.kept = saved
         self.journal.recording(RecordingInfo(
             recording_id=name, call_id=self.call.call_id, name=name,
             path=saved.relative_path, format=fmt, started_at=started,
@@ -1366,7 +1377,8 @@ class StasisApp:
         self.journal.event(call.call_id, self.clock(), EventKind.RECOVERED, how=how)
         log.warning("call %s from %s: %s (%s)", call.call_id, call.caller, how,
                     call.answered_by)
-        self._spawn(session.follow_dial(recording, call.answered_by), session)
+        self._spawn(session.follow_dial(recording, call.answered_by, ended_unseen=not alive),
+                    session)
         return True
 
     async def _refollow(self, session: CallSession) -> None:
