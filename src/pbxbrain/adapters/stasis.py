@@ -363,13 +363,9 @@ class CallSession:
         while True:
             event = await self.next_event(loop.time() + FOLLOW_CHECK_S)
             if event is None:
-                try:
-                    await self.ari.channel(channel_id)
-                except AriNotFound:
+                if await channel_exists(self.ari, channel_id) is False:  # None: ask later
                     self.caller_gone = _Ended(self.app.clock(), "gone")
                     return
-                except AriError:
-                    pass  # asked again later
                 continue
             if isinstance(event, ChannelDestroyed) and event.channel.id == channel_id:
                 self.caller_gone = _Ended(event.at, "ChannelDestroyed")
@@ -1275,8 +1271,10 @@ class StasisApp:
         """Take over a conversation a previous pbxbrain process bridged: it goes on, and
         this process hangs up the other side, keeps the recording and closes the call
         when one side leaves (at once when one already left while it was down)."""
+        if call.answered_at is None:
+            return False
         entries = await self._journal_to_adopt(call)
-        if entries is None or call.answered_at is None:
+        if entries is None:
             return False
         # The other side: the bridge's leg (a recorder channel of ARI's bridge recording
         # is not one), or a leg id no channel has when it already left.
@@ -1318,10 +1316,8 @@ class StasisApp:
         return True
 
     async def _journal_to_adopt(self, call: CallSummary) -> list[JournalEntry] | None:
-        """The journal of an answered call a previous process left; None when it was not
-        answered, or its journal cannot be read (it is adopted at the next reconnect)."""
-        if call.answered_at is None:
-            return None
+        """The journal of an answered call a previous process left; None when it cannot
+        be read."""
         try:
             return list(await self.store.journal(call.call_id))
         except Exception as exc:
@@ -1388,23 +1384,14 @@ class StasisApp:
     async def _follow(self, channel_id: str) -> bool | None:
         """Subscribe the app to the events of a channel outside Stasis: True while it
         exists, False once it is gone, None when Asterisk cannot say or refused."""
-        async def exists() -> bool | None:
-            try:
-                await self.ari.channel(channel_id)
-            except AriNotFound:
-                return False
-            except AriError:
-                return None
-            return True
-
-        there = await exists()
+        there = await channel_exists(self.ari, channel_id)
         if there is not True:
             return there
         try:
             await self.ari.subscribe(f"channel:{channel_id}")
         except AriError:
             # A channel gone just before is refused (422): only its absence says so.
-            return False if await exists() is False else None
+            return False if await channel_exists(self.ari, channel_id) is False else None
         return True
 
     async def _responsible_of(self, call_id: str) -> str | None:
@@ -1437,6 +1424,17 @@ class StasisApp:
                 task.cancel()
             if pending:
                 await asyncio.wait(pending, timeout=1.0)
+
+
+async def channel_exists(ari: AriClient, channel_id: str) -> bool | None:
+    """Whether Asterisk has the channel: None when it cannot say (ARI down)."""
+    try:
+        await ari.channel(channel_id)
+    except AriNotFound:
+        return False
+    except AriError:
+        return None
+    return True
 
 
 def _gone_channel(channel_id: str) -> Channel:
